@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny IDX data made on the fly, and the real MNIST mirror when present."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vaelab.fetch import MIRROR_ENV, md5_of
+from vaelab.idx import idx_bytes
+from vaelab.mnist import FileSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_mnist_arrays(n_train: int = 300, n_test: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
+    """Digit-like uint8 images (a bright square whose position encodes the label)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            r, c = 4 + 2 * (label // 5), 4 + 4 * (label % 5)
+            images[i, r : r + 8, c : c + 8] = 255
+        arrays[f"{prefix}-images-idx3-ubyte"] = images
+        arrays[f"{prefix}-labels-idx1-ubyte"] = labels
+    return arrays
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path: Path) -> tuple[Path, dict[str, FileSpec]]:
+    """A folder holding tiny .gz IDX files, and the checksum table describing them."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    specs = {}
+    for name, array in tiny_mnist_arrays().items():
+        data = idx_bytes(array)
+        (mirror / f"{name}.gz").write_bytes(gzip.compress(data))
+        specs[name] = FileSpec(md5_of(data), len(data))
+    return mirror, specs
+
+
+@pytest.fixture
+def tiny_raw(tmp_path: Path) -> Path:
+    """A data/raw folder with tiny decompressed IDX files."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, array in tiny_mnist_arrays().items():
+        (raw / name).write_bytes(idx_bytes(array))
+    return raw
+
+
+@pytest.fixture(scope="session")
+def real_mirror() -> Path:
+    """The folder with the real MNIST .gz files ($VAELAB_MNIST_MIRROR, else ../shared/mnist)."""
+    path = Path(os.environ.get(MIRROR_ENV) or ROOT.parent / "shared" / "mnist")
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST mirror not found at {path}; set {MIRROR_ENV}")
+    return path.resolve()
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900) -> str:
+    """Run a command with this interpreter's bin dir first on PATH; fail with its output."""
+    full_env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        **(env or {}),
+    }
+    result = subprocess.run(
+        cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def project(tmp_path: Path, real_mirror: Path) -> Path:
+    """A fresh git + DVC repository holding this project's pipeline, on a small subset."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["prepare"].update(subset=600, val_size=100)
+    params["train"].update(epochs=2, batch_size=50)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {MIRROR_ENV: str(real_mirror)}
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["git", "config", "user.email", "ci@vaelab.test"], repo)
+    run(["git", "config", "user.name", "vaelab ci"], repo)
+    run(["dvc", "init", "-q"], repo, env)
+    return repo

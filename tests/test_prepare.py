@@ -1,0 +1,87 @@
+"""prepare: normalization, seeded split sizes, binarization modes, strict loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vaelab.errors import DataFileError
+from vaelab.params import Prepare
+from vaelab.prepare import load_prepared, prepare, read_meta, split_indices
+
+
+def _prepare(raw, out, seed=7, **cfg):
+    return prepare(raw, out, Prepare(**{"val_size": 50, **cfg}), seed)
+
+
+def test_split_sizes_and_disjointness(tiny_raw, tmp_path):
+    meta = _prepare(tiny_raw, tmp_path / "p")
+    assert meta["sizes"] == {"train": 250, "val": 50, "test": 60}
+    train_x, _ = load_prepared(tmp_path / "p", "train")
+    assert train_x.shape == (250, 28, 28, 1) and train_x.dtype == np.float32
+    assert train_x.min() >= 0.0 and train_x.max() == 1.0
+    train_idx, val_idx = split_indices(300, Prepare(val_size=50), 7)
+    assert not set(train_idx) & set(val_idx)
+    assert len(set(train_idx) | set(val_idx)) == 300
+
+
+def test_split_is_seeded(tiny_raw, tmp_path):
+    _prepare(tiny_raw, tmp_path / "a", seed=1)
+    _prepare(tiny_raw, tmp_path / "b", seed=1)
+    _prepare(tiny_raw, tmp_path / "c", seed=2)
+    a, b, c = (load_prepared(tmp_path / d, "val")[1] for d in "abc")
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert read_meta(tmp_path / "a")["md5"] == read_meta(tmp_path / "b")["md5"]
+
+
+def test_subset_caps_train_and_test(tiny_raw, tmp_path):
+    meta = _prepare(tiny_raw, tmp_path / "p", subset=120, val_size=20)
+    assert meta["sizes"] == {"train": 100, "val": 20, "test": 60}
+    meta = _prepare(tiny_raw, tmp_path / "q", subset=40, val_size=10)
+    assert meta["sizes"] == {"train": 30, "val": 10, "test": 40}
+
+
+def test_static_binarization_is_one_seeded_draw(tiny_raw, tmp_path):
+    _prepare(tiny_raw, tmp_path / "g", binarize="none")
+    _prepare(tiny_raw, tmp_path / "s", binarize="static")
+    _prepare(tiny_raw, tmp_path / "s2", binarize="static")
+    gray, _ = load_prepared(tmp_path / "g", "train")
+    binary, _ = load_prepared(tmp_path / "s", "train")
+    assert set(np.unique(binary)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(binary, load_prepared(tmp_path / "s2", "train")[0])
+    # A Bernoulli draw with p = intensity: its mean tracks the grayscale mean.
+    assert abs(binary.mean() - gray.mean()) < 0.01
+    assert np.all(binary[gray == 0.0] == 0.0) and np.all(binary[gray == 1.0] == 1.0)
+
+
+def test_dynamic_is_recorded_not_applied(tiny_raw, tmp_path):
+    _prepare(tiny_raw, tmp_path / "d", binarize="dynamic")
+    x, _ = load_prepared(tmp_path / "d", "train")
+    assert len(np.unique(x)) > 2
+    assert read_meta(tmp_path / "d")["binarize"] == "dynamic"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupted_prepared_file_names_file_and_fix(tiny_raw, tmp_path, damage):
+    _prepare(tiny_raw, tmp_path / "p")
+    path = tmp_path / "p" / "train.npz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"\x00" * 100)
+    with pytest.raises(DataFileError) as info:
+        load_prepared(tmp_path / "p", "train")
+    assert "train.npz" in str(info.value) and "dvc checkout" in str(info.value)
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    np.savez(tmp_path / "train.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
+    with pytest.raises(DataFileError, match="corrupted"):
+        load_prepared(tmp_path, "train")
+
+
+def test_out_of_range_pixels_are_refused(tmp_path):
+    np.savez(
+        tmp_path / "val.npz", x=np.full((2, 28, 28, 1), 2.0, np.float32), y=np.zeros(2, np.uint8)
+    )
+    with pytest.raises(DataFileError, match=r"outside \[0, 1\]"):
+        load_prepared(tmp_path, "val")
