@@ -120,9 +120,10 @@ def test_already_verified_file_is_kept(tiny_mirror, tmp_path):
     assert set(fetch_all(tmp_path, [], 5, files=specs).values()) == {"already present"}
 
 
-def test_real_mnist_mirror_verifies(real_mirror, tmp_path):
+def test_real_mnist_mirror_verifies(real_mirror, tmp_path, monkeypatch):
     """The real files (CI: ../shared/mnist via $VAELAB_MNIST_MIRROR) match the published MD5s."""
-    used = fetch_all(tmp_path, [real_mirror.as_uri()], 30)
+    monkeypatch.setenv(MIRROR_ENV, real_mirror.as_uri())
+    used = fetch_all(tmp_path, [], 30)
     assert set(used.values()) == {real_mirror.as_uri()}
     for name, spec in FILES.items():
         assert (Path(tmp_path) / name).stat().st_size == spec.size

@@ -19,3 +19,7 @@ class DataFileError(VaelabError):
 
 class FetchError(VaelabError):
     """No source could deliver a verified copy of a dataset file."""
+
+
+class TrainingDiverged(VaelabError):
+    """The loss became NaN or infinite."""

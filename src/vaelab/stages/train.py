@@ -1,0 +1,17 @@
+"""DVC stage `train`: the VAE, its history and metrics, tracked in an MLflow run."""
+
+from vaelab.params import Params
+from vaelab.stages import run_stage
+from vaelab.train import train
+
+
+def main(params: Params) -> None:
+    summary = train(params)
+    print(
+        f"best epoch {summary['best_epoch']} of {summary['epochs']}: "
+        f"val -ELBO {summary['val_neg_elbo']:.2f} nats ({summary['train_seconds']} s)"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

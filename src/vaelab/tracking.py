@@ -1,0 +1,95 @@
+"""Where MLflow runs go, and what identifies them (tags, names, lineage).
+
+The default store is ``sqlite:///<project root>/mlflow.db`` with artifacts in
+``<project root>/mlartifacts``. The project root is ``$DVC_ROOT`` when DVC sets it: for a
+queued or ``--temp`` experiment DVC points it at the user's repository, not at the temporary
+copy the stage runs in, so those runs land in the same store as a plain ``dvc repro``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from vaelab.params import Params
+
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+
+
+def project_root(environ: Mapping[str, str] = os.environ, cwd: Path | None = None) -> Path:
+    """$DVC_ROOT if set, else the nearest folder upwards holding dvc.yaml, else ``cwd``."""
+    if environ.get("DVC_ROOT"):
+        return Path(environ["DVC_ROOT"]).resolve()
+    here = (cwd or Path.cwd()).resolve()
+    return next((p for p in (here, *here.parents) if (p / "dvc.yaml").is_file()), here)
+
+
+def tracking_uri(environ: Mapping[str, str] = os.environ, cwd: Path | None = None) -> str:
+    """$MLFLOW_TRACKING_URI if set, else the absolute SQLite store at the project root."""
+    if environ.get("MLFLOW_TRACKING_URI"):
+        return environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{project_root(environ, cwd) / STORE_FILE}"
+
+
+def ensure_experiment(name: str, root: Path) -> str:
+    """The experiment's id, creating it (artifacts under the project root when local)."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        # MLflow would default to ./mlartifacts of the current directory: in a temporary
+        # experiment copy that is deleted afterwards.
+        location = (root / ARTIFACT_DIR).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """Commit and dirty flag of the repository at ``root`` (empty if not a git repository)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        return {
+            "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": str(bool(git("status", "--porcelain"))).lower(),
+        }
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+
+
+def run_name(params: Params) -> str:
+    """What distinguishes the run at a glance, e.g. ``beta=4 cyclical fb=0.5 | mlp z=32``."""
+    if params.train.run_name:
+        return params.train.run_name
+    kl, arch = params.train.kl, params.train.architecture
+    name = f"beta={kl.beta:g} {kl.schedule}"
+    if kl.free_bits:
+        name += f" fb={kl.free_bits:g}"
+    return f"{name} | {arch.kind} z={arch.latent_dim}"
+
+
+def run_tags(
+    params: Params, root: Path, data_md5: Mapping[str, str], environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    kl = params.train.kl
+    tags = {
+        **git_state(root),
+        "beta": f"{kl.beta:g}",
+        "kl_schedule": kl.schedule,
+        "free_bits": f"{kl.free_bits:g}",
+        **{f"data_md5.{split}": md5 for split, md5 in data_md5.items()},
+    }
+    if environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = environ["DVC_EXP_NAME"]
+    if environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_exp_baseline_rev"] = environ["DVC_EXP_BASELINE_REV"]
+    return tags

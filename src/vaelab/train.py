@@ -1,0 +1,205 @@
+"""Train the VAE described by params.yaml, tracked in one MLflow run, resumable after a kill.
+
+Resume state (Keras BackupAndRestore, the best checkpoint so far, the per-epoch history and
+the MLflow run id) lives under ``base.paths.state`` in a folder keyed by everything that
+determines the training, never in a DVC output: `dvc repro` deletes outputs before it
+re-runs a stage, and a resumed run must keep its epochs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from vaelab.atomic import atomic_write, write_json, write_text
+from vaelab.errors import TrainingDiverged
+from vaelab.params import Params
+from vaelab.prepare import load_prepared, read_meta
+
+BEST = "best.keras"
+
+
+def state_dir(params: Params, data_md5: dict[str, str]) -> Path:
+    """The resume-state folder of this exact training (params, seed and data)."""
+    key = json.dumps(
+        {
+            "train": params.train.model_dump(),
+            "augment": params.prepare.augment.model_dump(),
+            "seed": params.base.seed,
+            "data": data_md5,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(params.base.paths.state) / f"train-{digest}"
+
+
+def output_paths(params: Params) -> dict[str, Path]:
+    results = Path(params.base.paths.results) / "train"
+    return {
+        "model": Path(params.base.paths.models) / "model.keras",
+        "history": results / "history.csv",
+        "metrics": results / "metrics.json",
+        "run": results / "run.json",
+    }
+
+
+def summarize(rows: list[dict[str, float]], monitor: str) -> dict[str, Any]:
+    """Training metrics for DVC: the best epoch's validation numbers, epochs and time."""
+    best = min(rows, key=lambda row: row[monitor])
+    return {
+        "best_epoch": int(best["epoch"]),
+        "epochs": int(rows[-1]["epoch"]),
+        "train_seconds": round(sum(row["epoch_time"] for row in rows), 1),
+        **{key: round(best[key], 4) for key in best if key.startswith("val_")},
+    }
+
+
+def train(params: Params) -> dict[str, Any]:
+    """Run (or resume) the training; write the DVC outputs; return the summary metrics."""
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    from vaelab import tracking
+    from vaelab.callbacks import (
+        MONITOR,
+        EpochHistory,
+        KLSchedule,
+        MlflowEpochLogger,
+        ResumableEarlyStopping,
+    )
+    from vaelab.input_pipeline import evaluation_arrays, evaluation_dataset, training_dataset
+    from vaelab.model import build_vae
+    from vaelab.optim import build_optimizer
+
+    cfg, seed = params.train, params.base.seed
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+    prepared = params.base.paths.prepared
+    meta = read_meta(prepared)
+    x_train, _ = load_prepared(prepared, "train")
+    x_val, _ = load_prepared(prepared, "val")
+    dynamic = meta["binarize"] == "dynamic"
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    train_ds = training_dataset(x_train, cfg.batch_size, seed, params.prepare.augment, dynamic)
+    x_val = evaluation_arrays(x_val, dynamic, seed, stream=1)
+    val_ds = evaluation_dataset(x_val, cfg.batch_size)
+
+    state = state_dir(params, meta["md5"])
+    state.mkdir(parents=True, exist_ok=True)
+    root = tracking.project_root()
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    experiment_id = tracking.ensure_experiment(params.base.experiment, root)
+    run_file = state / "mlflow_run_id"
+    if run_file.is_file():
+        run = mlflow.start_run(run_id=run_file.read_text().strip())
+        print(f"resuming MLflow run {run.info.run_id} from {state}")
+    else:
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=tracking.run_name(params),
+            tags=tracking.run_tags(params, root, meta["md5"]),
+        )
+        mlflow.log_params(params.flat())
+        write_text(run_file, run.info.run_id)
+    run_id = run.info.run_id
+
+    with run:
+        model = build_vae(cfg, seed)
+        model.compile(optimizer=build_optimizer(cfg, steps_per_epoch))
+        history = EpochHistory(state / "history.csv")
+        logged = mlflow.MlflowClient().get_metric_history(run_id, "loss")
+        logger = MlflowEpochLogger(history, run_id, max((m.step for m in logged), default=0))
+        best_so_far = min((row[MONITOR] for row in history.rows), default=None)
+        callbacks: list[keras.callbacks.Callback] = [
+            KLSchedule(cfg.kl, cfg.epochs, steps_per_epoch),
+            keras.callbacks.TerminateOnNaN(raise_error=True),
+            keras.callbacks.ModelCheckpoint(
+                state / BEST,
+                monitor=MONITOR,
+                mode="min",
+                save_best_only=True,
+                initial_value_threshold=best_so_far,
+            ),
+            history,
+            keras.callbacks.BackupAndRestore(str(state / "backup")),
+            logger,
+        ]
+        if cfg.reduce_on_plateau.enabled:
+            rop = cfg.reduce_on_plateau
+            callbacks.insert(
+                1,
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor=MONITOR,
+                    mode="min",
+                    factor=rop.factor,
+                    patience=rop.patience,
+                    min_lr=rop.min_lr,
+                ),
+            )
+        if cfg.early_stopping.enabled:
+            es = cfg.early_stopping
+            callbacks.append(
+                ResumableEarlyStopping(
+                    history,
+                    monitor=MONITOR,
+                    mode="min",
+                    patience=es.patience,
+                    min_delta=es.min_delta,
+                    start_from_epoch=es.start_from_epoch,
+                    restore_best_weights=True,
+                )
+            )
+        try:
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=cfg.epochs,
+                callbacks=callbacks,
+                shuffle=False,
+                verbose=2,
+            )
+        except RuntimeError as exc:
+            if "NaN or Inf loss" not in str(exc):
+                raise
+            raise TrainingDiverged(
+                f"training diverged: {exc} The best model so far is kept in {state / BEST}. "
+                "Lower train.optimizer.learning_rate (or set train.optimizer.clipnorm) and "
+                "re-run."
+            ) from None
+
+        summary = summarize(history.rows, MONITOR)
+        out = output_paths(params)
+        with atomic_write(out["model"]) as handle:
+            handle.write((state / BEST).read_bytes())
+        write_text(out["history"], (state / "history.csv").read_text())
+        write_json(out["metrics"], summary)
+        write_json(out["run"], {"run_id": run_id, "experiment": params.base.experiment})
+
+        logger.flush()
+        _log_final(out, summary, x_val[:16])
+    shutil.rmtree(state)
+    return summary
+
+
+def _log_final(out: dict[str, Path], summary: dict[str, Any], example) -> None:
+    """Best model (as a serving-friendly MLflow model), history file and summary metrics."""
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from vaelab.model import reconstruction_model
+
+    best = keras.saving.load_model(out["model"])
+    serving = reconstruction_model(best)
+    signature = infer_signature(example, serving.predict(example, verbose=0))
+    mlflow.keras.log_model(serving, name="model", signature=signature)
+    mlflow.log_artifact(str(out["history"]), artifact_path="train")
+    mlflow.log_artifact(str(out["model"]), artifact_path="train")
+    mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
