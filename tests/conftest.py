@@ -99,3 +99,47 @@ def project(tmp_path: Path, real_mirror: Path) -> Path:
     run(["git", "config", "user.name", "vaelab ci"], repo)
     run(["dvc", "init", "-q"], repo, env)
     return repo
+
+
+TINY_TRAIN = {
+    "epochs": 2,
+    "batch_size": 50,
+    "architecture": {"hidden": [32], "filters": [4, 8], "dense": 16, "latent_dim": 4},
+    "early_stopping": {"enabled": False},
+}
+
+
+@pytest.fixture
+def tiny_workdir(tmp_path: Path, tiny_raw: Path, monkeypatch: pytest.MonkeyPatch):
+    """A working directory with tiny prepared data and its own MLflow store; returns a
+    function building validated Params with overrides of the train section."""
+    from vaelab.params import Params
+    from vaelab.prepare import prepare
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    base = {"seed": 3, "paths": {"raw": str(tiny_raw)}}
+    prepare_cfg = {"val_size": 50}
+
+    def make(binarize: str = "dynamic", augment: dict | None = None, **train) -> Params:
+        params = Params.model_validate(
+            {
+                "base": base,
+                "prepare": {**prepare_cfg, "binarize": binarize, "augment": augment or {}},
+                "train": _merge(TINY_TRAIN, train),
+            }
+        )
+        prepare(tiny_raw, params.base.paths.prepared, params.prepare, params.base.seed)
+        return params
+
+    return make
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and key in base else value
+    return merged

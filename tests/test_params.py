@@ -75,7 +75,7 @@ def test_ints_are_accepted_for_floats():
     assert Params.model_validate({"train": {"kl": {"beta": 4}}}).train.kl.beta == 4.0
 
 
-@pytest.mark.parametrize("stage", ["fetch", "prepare"])
+@pytest.mark.parametrize("stage", ["fetch", "prepare", "train"])
 def test_stage_exits_nonzero_before_any_work(tmp_path, stage):
     _write(tmp_path, {"prepare": {"val_size": -3}})
     result = subprocess.run(

@@ -25,11 +25,19 @@ class DynamicBinarization(layers.Layer):
         return ops.cast(noise < x, x.dtype)
 
 
-def augmentation_layers(cfg: Augment, seed: int) -> list[layers.Layer]:
-    """Keras preprocessing layers for the enabled augmentations (empty when disabled)."""
+def augmentation_layers(cfg: Augment, seed: int, binary: bool = False) -> list[layers.Layer]:
+    """Keras preprocessing layers for the enabled augmentations (empty when disabled).
+
+    ``binary`` inputs (static binarization) are resampled with nearest-neighbour
+    interpolation so they stay binary.
+    """
     if not cfg.enabled:
         return []
-    fill = {"fill_mode": "constant", "fill_value": 0.0}
+    fill = {
+        "fill_mode": "constant",
+        "fill_value": 0.0,
+        "interpolation": "nearest" if binary else "bilinear",
+    }
     chosen: list[layers.Layer] = []
     if cfg.rotation:
         chosen.append(layers.RandomRotation(cfg.rotation / 360.0, seed=seed + 1, **fill))
@@ -50,11 +58,11 @@ def augmentation_layers(cfg: Augment, seed: int) -> list[layers.Layer]:
 
 
 def training_dataset(
-    x: np.ndarray, batch_size: int, seed: int, augment: Augment, dynamic: bool
+    x: np.ndarray, batch_size: int, seed: int, augment: Augment, binarize: str
 ) -> tf.data.Dataset:
-    """Reshuffled every epoch; augmented, then (if ``dynamic``) binarized per batch."""
-    steps = augmentation_layers(augment, seed)
-    if dynamic:
+    """Reshuffled every epoch; augmented, then binarized per batch if ``binarize`` is dynamic."""
+    steps = augmentation_layers(augment, seed, binary=binarize == "static")
+    if binarize == "dynamic":
         steps.append(DynamicBinarization(seed=seed + 6))
     ds = (
         tf.data.Dataset.from_tensor_slices(x)

@@ -87,7 +87,9 @@ def train(params: Params) -> dict[str, Any]:
     x_val, _ = load_prepared(prepared, "val")
     dynamic = meta["binarize"] == "dynamic"
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    train_ds = training_dataset(x_train, cfg.batch_size, seed, params.prepare.augment, dynamic)
+    train_ds = training_dataset(
+        x_train, cfg.batch_size, seed, params.prepare.augment, meta["binarize"]
+    )
     x_val = evaluation_arrays(x_val, dynamic, seed, stream=1)
     val_ds = evaluation_dataset(x_val, cfg.batch_size)
 
@@ -128,7 +130,8 @@ def train(params: Params) -> dict[str, Any]:
                 initial_value_threshold=best_so_far,
             ),
             history,
-            keras.callbacks.BackupAndRestore(str(state / "backup")),
+            # double_checkpoint: a kill while the backup is written falls back to the one before
+            keras.callbacks.BackupAndRestore(str(state / "backup"), double_checkpoint=True),
             logger,
         ]
         if cfg.reduce_on_plateau.enabled:

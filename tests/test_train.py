@@ -1,0 +1,192 @@
+"""The train stage on tiny data: options, determinism, MLflow content, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from vaelab.callbacks import read_history
+from vaelab.input_pipeline import training_dataset
+from vaelab.model import build_vae
+from vaelab.optim import build_optimizer
+from vaelab.prepare import load_prepared
+from vaelab.train import output_paths, state_dir, train
+
+
+@pytest.mark.parametrize(
+    "train_cfg",
+    [
+        {"optimizer": {"name": "adam"}},
+        {"optimizer": {"name": "rmsprop"}, "lr_schedule": {"name": "exponential"}},
+        {"optimizer": {"name": "sgd", "momentum": 0.9}, "lr_schedule": {"name": "constant"}},
+        {"lr_schedule": {"name": "constant"}, "reduce_on_plateau": {"enabled": True}},
+        {"architecture": {"kind": "conv", "batch_norm": True}},
+        {"architecture": {"kind": "mlp", "batch_norm": True, "activation": "elu"}},
+        {"likelihood": {"kind": "gaussian"}, "kl": {"schedule": "cyclical", "free_bits": 0.5}},
+    ],
+    ids=["adam-cosine", "rmsprop-exp", "sgd-momentum", "plateau", "conv-bn", "mlp-bn", "gauss"],
+)
+def test_every_option_trains(tiny_workdir, train_cfg):
+    params = tiny_workdir(**{**train_cfg, "epochs": 1})
+    cfg = params.train
+    x, _ = load_prepared(params.base.paths.prepared, "train")
+    model = build_vae(cfg, seed=0)
+    model.compile(optimizer=build_optimizer(cfg, steps_per_epoch=2))
+    before = [w.copy() for w in model.get_weights()]
+    ds = training_dataset(x[:100], cfg.batch_size, 0, params.prepare.augment, "dynamic")
+    logs = model.fit(ds, epochs=1, shuffle=False, verbose=0).history
+    assert np.isfinite(logs["loss"][0]) and logs["neg_elbo"][0] > 0
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+@pytest.mark.parametrize("binarize", ["none", "static", "dynamic"])
+def test_augmentation_recipes_feed_valid_images(tiny_workdir, binarize):
+    full = {
+        "enabled": True,
+        "rotation": 20,
+        "shift": 0.1,
+        "shear": 0.2,
+        "zoom": 0.1,
+        "horizontal_flip": True,
+        "vertical_flip": True,
+    }
+    params = tiny_workdir(binarize=binarize, augment=full)
+    x, _ = load_prepared(params.base.paths.prepared, "train")
+    batch = next(iter(training_dataset(x, 50, 0, params.prepare.augment, binarize))).numpy()
+    assert batch.shape == (50, 28, 28, 1) and batch.min() >= 0 and batch.max() <= 1
+    assert not np.array_equal(batch, x[:50])
+    if binarize != "none":
+        assert set(np.unique(batch)) <= {0.0, 1.0}
+
+
+def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_path):
+    params = tiny_workdir(architecture={"kind": "conv", "batch_norm": True})
+    model = build_vae(params.train, seed=1)
+    x, _ = load_prepared(params.base.paths.prepared, "val")
+    model.save(tmp_path / "m.keras")
+    back = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert type(back).__name__ == "VAE" and back.likelihood == "bernoulli"
+    np.testing.assert_allclose(
+        back.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0), atol=1e-6
+    )
+
+
+def test_same_seed_same_losses(tiny_workdir):
+    params = tiny_workdir(augment={"enabled": True})
+    train(params)
+    first = read_history(output_paths(params)["history"])
+    train(params)
+    second = read_history(output_paths(params)["history"])
+    drop = {"epoch_time"}
+    strip = [
+        [{k: v for k, v in r.items() if k not in drop} for r in rows] for rows in (first, second)
+    ]
+    assert strip[0] == strip[1] and len(strip[0]) == 2
+
+
+def test_train_stage_outputs_and_mlflow_run(tiny_workdir):
+    params = tiny_workdir(epochs=3, kl={"beta": 4.0, "schedule": "cyclical", "cycles": 1})
+    summary = train(params)
+    out = output_paths(params)
+    rows = read_history(out["history"])
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert {
+        "loss",
+        "val_loss",
+        "reconstruction",
+        "val_kl",
+        "beta",
+        "learning_rate",
+        "epoch_time",
+    } <= set(rows[0])
+    assert json.loads(out["metrics"].read_text())["epochs"] == summary["epochs"] == 3
+    assert list(Path(params.base.paths.state).glob("train-*")) == []  # resume state cleared
+
+    run_id = json.loads(out["run"].read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["beta"] == "4" and run.data.tags["kl_schedule"] == "cyclical"
+    assert run.info.run_name.startswith("beta=4 cyclical")
+    assert run.data.tags["data_md5.train"]
+    assert run.data.params["train.kl.beta"] == "4.0"
+    client = mlflow.MlflowClient()
+    for key in ("loss", "val_neg_elbo", "beta", "learning_rate", "epoch_time"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3]
+    betas = [m.value for m in client.get_metric_history(run_id, "beta")]
+    assert betas == pytest.approx([r["beta"] for r in rows]) and betas[0] < betas[-1] <= 4.0
+
+    x, _ = load_prepared(params.base.paths.prepared, "val")
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    as_keras = mlflow.keras.load_model(f"runs:/{run_id}/model")
+    best = keras.saving.load_model(out["model"])
+    expected = best.predict(x[:4], verbose=0)
+    np.testing.assert_allclose(served.predict(x[:4]), expected, atol=1e-5)
+    np.testing.assert_allclose(as_keras.predict(x[:4], verbose=0), expected, atol=1e-5)
+    assert served.metadata.signature is not None
+    artifacts = {a.path for a in client.list_artifacts(run_id, "train")}
+    assert {"train/history.csv", "train/model.keras"} <= artifacts
+
+
+def test_nan_loss_stops_with_clear_message_and_failed_run(tiny_workdir):
+    from vaelab.errors import TrainingDiverged
+
+    params = tiny_workdir(
+        optimizer={"name": "sgd", "learning_rate": 10.0, "momentum": 0.99},
+        lr_schedule={"name": "constant"},
+        kl={"schedule": "constant"},
+        epochs=20,
+        likelihood={"kind": "gaussian", "sigma": 0.001},
+    )
+    with pytest.raises(TrainingDiverged, match="learning_rate"):
+        train(params)
+    mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["vaelab"], output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_resume_after_sigkill_continues_from_saved_epoch(tiny_workdir):
+    params = tiny_workdir(epochs=12)
+    Path("params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    history = state_dir(params, _md5(params)) / "history.csv"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "vaelab.stages.train"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(read_history(history) if history.is_file() else []) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended too early"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_history(history))
+    assert 3 <= done_before < 12
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "resuming MLflow run" in result.stdout
+    epochs_trained = result.stdout.count("Epoch ") + result.stderr.count("Epoch ")
+    assert epochs_trained <= 12 - done_before + 1
+    rows = read_history(output_paths(params)["history"])
+    assert [r["epoch"] for r in rows] == list(range(1, 13))
+    run_id = json.loads(output_paths(params)["run"].read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
+    assert steps == list(range(1, 13))
+    assert len(mlflow.search_runs(experiment_names=["vaelab"], output_format="list")) == 1
+
+
+def _md5(params):
+    from vaelab.prepare import read_meta
+
+    return read_meta(params.base.paths.prepared)["md5"]
