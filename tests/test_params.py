@@ -47,7 +47,10 @@ def test_committed_params_are_valid_and_explicit():
         ({"train": {"epochs": 1.5}}, ["train.epochs = 1.5", "integer"]),
         ({"train": {"architecture": {"filters": [8, 8, 8]}}}, ["train.architecture.filters"]),
         ({"fetch": {"mirrors": ["ftp.example.org"]}}, ["not a URL"]),
-        ({"bogus": {}}, ["bogus", "unknown key", "base, fetch, prepare, train"]),
+        (
+            {"bogus": {}},
+            ["bogus", "unknown key", "base, fetch, prepare, train, classifier, evaluate, figures"],
+        ),
     ],
 )
 def test_invalid_params_are_refused(tmp_path, data, fragments):

@@ -7,7 +7,7 @@ import pytest
 
 from vaelab.errors import DataFileError
 from vaelab.params import Prepare
-from vaelab.prepare import load_prepared, prepare, read_meta, split_indices
+from vaelab.prepare import load_prepared, model_data, prepare, read_meta, split_indices
 
 
 def _prepare(raw, out, seed=7, **cfg):
@@ -47,9 +47,11 @@ def test_static_binarization_is_one_seeded_draw(tiny_raw, tmp_path):
     _prepare(tiny_raw, tmp_path / "s", binarize="static")
     _prepare(tiny_raw, tmp_path / "s2", binarize="static")
     gray, _ = load_prepared(tmp_path / "g", "train")
-    binary, _ = load_prepared(tmp_path / "s", "train")
+    binary, _ = load_prepared(tmp_path / "s", "train", key="x_static")
+    np.testing.assert_array_equal(load_prepared(tmp_path / "s", "train")[0], gray)
+    np.testing.assert_array_equal(binary, model_data(tmp_path / "s", "train")[0])
     assert set(np.unique(binary)) <= {0.0, 1.0}
-    np.testing.assert_array_equal(binary, load_prepared(tmp_path / "s2", "train")[0])
+    np.testing.assert_array_equal(binary, load_prepared(tmp_path / "s2", "train", "x_static")[0])
     # A Bernoulli draw with p = intensity: its mean tracks the grayscale mean.
     assert abs(binary.mean() - gray.mean()) < 0.01
     assert np.all(binary[gray == 0.0] == 0.0) and np.all(binary[gray == 1.0] == 1.0)
@@ -60,6 +62,11 @@ def test_dynamic_is_recorded_not_applied(tiny_raw, tmp_path):
     x, _ = load_prepared(tmp_path / "d", "train")
     assert len(np.unique(x)) > 2
     assert read_meta(tmp_path / "d")["binarize"] == "dynamic"
+    np.testing.assert_array_equal(model_data(tmp_path / "d", "train", fixed_draw=False)[0], x)
+    # Evaluation splits get one fixed draw: binary, reproducible, different per split.
+    val = model_data(tmp_path / "d", "val")[0]
+    assert set(np.unique(val)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(val, model_data(tmp_path / "d", "val")[0])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])

@@ -20,7 +20,7 @@ from vaelab.callbacks import read_history
 from vaelab.input_pipeline import training_dataset
 from vaelab.model import build_vae
 from vaelab.optim import build_optimizer
-from vaelab.prepare import load_prepared
+from vaelab.prepare import load_prepared, model_data
 from vaelab.train import output_paths, state_dir, train
 
 
@@ -62,7 +62,7 @@ def test_augmentation_recipes_feed_valid_images(tiny_workdir, binarize):
         "vertical_flip": True,
     }
     params = tiny_workdir(binarize=binarize, augment=full)
-    x, _ = load_prepared(params.base.paths.prepared, "train")
+    x, _ = model_data(params.base.paths.prepared, "train", fixed_draw=False)
     batch = next(iter(training_dataset(x, 50, 0, params.prepare.augment, binarize))).numpy()
     assert batch.shape == (50, 28, 28, 1) and batch.min() >= 0 and batch.max() <= 1
     assert not np.array_equal(batch, x[:50])

@@ -58,3 +58,19 @@ def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
             raise TypeError(f"{name}: object arrays would need pickle; refusing to save")
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
+
+
+def save_model(model: Any, path: str | os.PathLike[str]) -> None:
+    """Save a Keras model atomically (Keras insists on a file name ending in .keras)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

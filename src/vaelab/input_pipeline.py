@@ -3,13 +3,14 @@ binarize dynamically, prefetch. Seeded, so two runs with one seed see the same b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
 from vaelab.params import Augment
-from vaelab.prepare import binarize_static
 
 
 class DynamicBinarization(layers.Layer):
@@ -57,35 +58,40 @@ def augmentation_layers(cfg: Augment, seed: int, binary: bool = False) -> list[l
     return chosen
 
 
-def training_dataset(
-    x: np.ndarray, batch_size: int, seed: int, augment: Augment, binarize: str
-) -> tf.data.Dataset:
-    """Reshuffled every epoch; augmented, then binarized per batch if ``binarize`` is dynamic."""
+def batch_transform(augment: Augment, seed: int, binarize: str) -> Callable | None:
+    """Augment, then binarize if ``binarize`` is dynamic; None when there is nothing to do.
+
+    The layers' seed generators are stateful: each call draws anew, reproducibly.
+    """
     steps = augmentation_layers(augment, seed, binary=binarize == "static")
     if binarize == "dynamic":
         steps.append(DynamicBinarization(seed=seed + 6))
+    if not steps:
+        return None
+
+    def transform(batch):
+        for step in steps:
+            batch = step(batch, training=True)
+        return ops.clip(batch, 0.0, 1.0)
+
+    return transform
+
+
+def training_dataset(
+    x: np.ndarray, batch_size: int, seed: int, augment: Augment, binarize: str
+) -> tf.data.Dataset:
+    """Reshuffled every epoch, then transformed per batch (see `batch_transform`)."""
     ds = (
         tf.data.Dataset.from_tensor_slices(x)
         .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
     )
-    if steps:
-        # Sequential map: the layers' seed generators are stateful, so running batches in
-        # parallel would make the draws depend on thread timing. Prefetch still overlaps
-        # this work with training.
-        def transform(batch):
-            for step in steps:
-                batch = step(batch, training=True)
-            return ops.clip(batch, 0.0, 1.0)
-
+    transform = batch_transform(augment, seed, binarize)
+    if transform is not None:
+        # A sequential map: with stateful seed generators, parallel calls would make the
+        # draws depend on thread timing. Prefetch still overlaps it with training.
         ds = ds.map(transform)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def evaluation_arrays(x: np.ndarray, dynamic: bool, seed: int, stream: int) -> np.ndarray:
-    """Fixed evaluation inputs: with dynamic binarization, one seeded draw kept for every epoch,
-    so validation numbers are comparable across epochs and runs."""
-    return binarize_static(x, seed, stream) if dynamic else x
 
 
 def evaluation_dataset(x: np.ndarray, batch_size: int) -> tf.data.Dataset:

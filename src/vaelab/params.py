@@ -175,11 +175,39 @@ class Train(Section):
         return self
 
 
+class Classifier(Section):
+    """The small MNIST classifier whose features the Fréchet distance uses."""
+
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    train_images: int = Field(MNIST_TRAIN_SIZE, ge=100, le=MNIST_TRAIN_SIZE)
+
+
+class Evaluate(Section):
+    importance_samples: int = Field(1000, ge=1, le=100_000, description="k of the IWAE bound")
+    batch_size: int = Field(100, ge=1, le=10_000)
+    chunk: int = Field(100, ge=1, le=10_000, description="samples per decoder call")
+    prior_samples: int = Field(10_000, ge=100, le=100_000, description="for the Fréchet distance")
+
+
+class Figures(Section):
+    columns: int = Field(10, ge=1, le=50, description="originals over reconstructions")
+    grid: int = Field(10, ge=2, le=40, description="prior samples: grid x grid")
+    traversal_dims: int = Field(8, ge=1, le=64)
+    traversal_steps: int = Field(11, ge=3, le=41)
+    traversal_range: float = Field(3.0, gt=0, le=10, description="+- this many std")
+    projection: Literal["pca", "tsne"] = "pca"
+    projection_points: int = Field(5000, ge=10, le=MNIST_TEST_SIZE)
+
+
 class Params(Section):
     base: Base = Base()
     fetch: Fetch = Fetch()
     prepare: Prepare = Prepare()
     train: Train = Train()
+    classifier: Classifier = Classifier()
+    evaluate: Evaluate = Evaluate()
+    figures: Figures = Figures()
 
     @model_validator(mode="after")
     def _batch_fits(self) -> Self:

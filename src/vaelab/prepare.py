@@ -21,6 +21,7 @@ from vaelab.params import Prepare
 
 SPLITS = ("train", "val", "test")
 META = "meta.json"
+STATIC_KEY = "x_static"
 _REPREPARE = "Restore it with `dvc checkout` or re-run `dvc repro prepare`"
 
 
@@ -63,10 +64,9 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, cfg: Prepare, seed: int) -
     checksums = {}
     for stream, (name, (images, labels)) in enumerate(parts.items()):
         x = normalize(images)
-        if cfg.binarize == "static":
-            x = binarize_static(x, seed, stream)
+        extra = {STATIC_KEY: binarize_static(x, seed, stream)} if cfg.binarize == "static" else {}
         path = out / f"{name}.npz"
-        save_npz(path, x=x, y=labels)
+        save_npz(path, x=x, y=labels, **extra)
         checksums[name] = md5_of(path.read_bytes())
     meta = {
         "binarize": cfg.binarize,
@@ -92,12 +92,15 @@ def read_meta(prepared_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_prepared(prepared_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load (x float32 [N, 28, 28, 1] in [0, 1], y uint8 [N]) of a prepared split."""
+def load_prepared(
+    prepared_dir: str | Path, split: str, key: str = "x"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load (x float32 [N, 28, 28, 1] in [0, 1], y uint8 [N]) of a prepared split; ``key``
+    "x" is the grayscale image, "x_static" the stored static binarization."""
     path = Path(prepared_dir) / f"{split}.npz"
     try:
         with np.load(path, allow_pickle=False) as npz:
-            x, y = npz["x"], npz["y"]
+            x, y = npz[key], npz["y"]
     except FileNotFoundError:
         raise DataFileError(path, "missing", _REPREPARE) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -108,4 +111,21 @@ def load_prepared(prepared_dir: str | Path, split: str) -> tuple[np.ndarray, np.
         raise DataFileError(path, f"y shape {y.shape} does not match x", _REPREPARE)
     if len(x) and not (float(x.min()) >= 0.0 and float(x.max()) <= 1.0):
         raise DataFileError(path, "x is outside [0, 1]", _REPREPARE)
+    return x, y
+
+
+def model_data(
+    prepared_dir: str | Path, split: str, fixed_draw: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images a model sees for ``split``, binarized as prepare recorded.
+
+    static: the stored draw. none: grayscale. dynamic: grayscale when ``fixed_draw`` is false
+    (the training pipeline draws per batch), else one draw seeded by split, the same in every
+    epoch, run and stage, so validation and test numbers are comparable.
+    """
+    meta = read_meta(prepared_dir)
+    mode = meta["binarize"]
+    x, y = load_prepared(prepared_dir, split, STATIC_KEY if mode == "static" else "x")
+    if mode == "dynamic" and fixed_draw:
+        x = binarize_static(x, meta["seed"], stream=len(SPLITS) + SPLITS.index(split))
     return x, y

@@ -77,6 +77,25 @@ def run_name(params: Params) -> str:
     return f"{name} | {arch.kind} z={arch.latent_dim}"
 
 
+def training_run(params: Params):
+    """Re-open the MLflow run the train stage recorded in results/train/run.json."""
+    import json
+
+    import mlflow
+
+    from vaelab.errors import VaelabError
+
+    path = Path(params.base.paths.results) / "train" / "run.json"
+    try:
+        run_id = json.loads(path.read_text())["run_id"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise VaelabError(
+            f"{path}: no training run recorded ({exc}); run `dvc repro train`"
+        ) from None
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.start_run(run_id=run_id)
+
+
 def run_tags(
     params: Params, root: Path, data_md5: Mapping[str, str], environ: Mapping[str, str] = os.environ
 ) -> dict[str, str]:

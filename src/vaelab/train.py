@@ -18,7 +18,7 @@ from typing import Any
 from vaelab.atomic import atomic_write, write_json, write_text
 from vaelab.errors import TrainingDiverged
 from vaelab.params import Params
-from vaelab.prepare import load_prepared, read_meta
+from vaelab.prepare import model_data, read_meta
 
 BEST = "best.keras"
 
@@ -73,7 +73,7 @@ def train(params: Params) -> dict[str, Any]:
         MlflowEpochLogger,
         ResumableEarlyStopping,
     )
-    from vaelab.input_pipeline import evaluation_arrays, evaluation_dataset, training_dataset
+    from vaelab.input_pipeline import evaluation_dataset, training_dataset
     from vaelab.model import build_vae
     from vaelab.optim import build_optimizer
 
@@ -83,14 +83,12 @@ def train(params: Params) -> dict[str, Any]:
 
     prepared = params.base.paths.prepared
     meta = read_meta(prepared)
-    x_train, _ = load_prepared(prepared, "train")
-    x_val, _ = load_prepared(prepared, "val")
-    dynamic = meta["binarize"] == "dynamic"
+    x_train, _ = model_data(prepared, "train", fixed_draw=False)
+    x_val, _ = model_data(prepared, "val")
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     train_ds = training_dataset(
         x_train, cfg.batch_size, seed, params.prepare.augment, meta["binarize"]
     )
-    x_val = evaluation_arrays(x_val, dynamic, seed, stream=1)
     val_ds = evaluation_dataset(x_val, cfg.batch_size)
 
     state = state_dir(params, meta["md5"])
