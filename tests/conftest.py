@@ -92,6 +92,9 @@ def project(tmp_path: Path, real_mirror: Path) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"].update(subset=600, val_size=100)
     params["train"].update(epochs=2, batch_size=50)
+    params["classifier"].update(train_images=600, epochs=1)
+    params["evaluate"].update(importance_samples=20, prior_samples=200)
+    params["figures"].update(projection_points=200)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {MIRROR_ENV: str(real_mirror)}
     run(["git", "init", "-q", "-b", "main"], repo)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
 from vaelab.errors import VaelabError
 from vaelab.params import Params, load_params
+
+# TensorFlow's C++ start-up chatter (oneDNN notices, "no CUDA driver" on CPU machines) would
+# bury the stage's own output; warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def run_stage(main: Callable[[Params], object]) -> None:
