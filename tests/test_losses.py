@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from vaelab.kl_schedule import beta_at
+from vaelab.kl_schedule import BetaSchedule, beta_at
 from vaelab.losses import kl_per_dim, reconstruction_nll, vae_loss
 from vaelab.params import KLWeight
 
@@ -78,4 +78,13 @@ def _kl(**kw):
     ],
 )
 def test_beta_schedules(cfg, progress, expected):
-    assert beta_at(cfg, progress, total=20) == pytest.approx(expected)
+    assert float(beta_at(cfg, progress, total=20)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+def test_beta_schedule_counts_optimizer_steps(unit):
+    cfg = _kl(schedule="linear", warmup=2 if unit == "epoch" else 20, unit=unit)
+    schedule = BetaSchedule(cfg, epochs=5, steps_per_epoch=10)
+    assert [float(schedule(step)) for step in (0, 5, 10, 20, 49)] == pytest.approx(
+        [0.0, 0.5, 1.0, 2.0, 2.0]
+    )

@@ -39,3 +39,22 @@ def test_run_name_says_what_differs():
     assert run_name(params) == "beta=4 cyclical fb=0.5 | mlp z=32"
     named = Params.model_validate({"train": {"run_name": "my run"}})
     assert run_name(named) == "my run"
+
+
+def test_relative_sqlite_uri_is_anchored_at_the_project_root(tmp_path):
+    # `mlflow run` passes its default, relative store on; temporary copies must not use it.
+    env = {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db", "DVC_ROOT": str(tmp_path)}
+    assert tracking_uri(env, tmp_path / "elsewhere") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    absolute = {"MLFLOW_TRACKING_URI": "sqlite:////srv/mlflow.db"}
+    assert tracking_uri(absolute, tmp_path) == "sqlite:////srv/mlflow.db"
+
+
+def test_sweep_and_parent_tags(tmp_path):
+    from vaelab.tracking import run_tags
+
+    env = {"DVC_EXP_BASELINE_REV": "0123456789abcdef", "DVC_EXP_NAME": "loyal-kite"}
+    tags = run_tags(Params(), tmp_path, {"train": "abc"}, env)
+    assert tags["sweep"] == "0123456" and tags["dvc_exp_name"] == "loyal-kite"
+    env = {**env, "VAELAB_SWEEP": "beta-grid", "VAELAB_PARENT_RUN_ID": "p1"}
+    tags = run_tags(Params(), tmp_path, {}, env)
+    assert tags["sweep"] == "beta-grid" and tags["mlflow.parentRunId"] == "p1"

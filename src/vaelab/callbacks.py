@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import sys
 import time
 from pathlib import Path
@@ -14,38 +13,20 @@ from typing import Any
 import keras
 
 from vaelab.atomic import write_text
-from vaelab.kl_schedule import beta_at
 from vaelab.optim import current_learning_rate
-from vaelab.params import KLWeight
 
 MONITOR = "val_neg_elbo"  # beta-free, so warm-up does not look like overfitting
 
 
-class KLSchedule(keras.callbacks.Callback):
-    """Sets the model's beta before every step; adds beta, learning_rate and epoch_time
-    (seconds, validation included) to each epoch's logs."""
-
-    def __init__(self, cfg: KLWeight, epochs: int, steps_per_epoch: int) -> None:
-        super().__init__()
-        self.cfg, self.epochs, self.steps_per_epoch = cfg, epochs, steps_per_epoch
-        self._epoch, self._started, self._beta = 0, 0.0, math.nan
+class EpochExtras(keras.callbacks.Callback):
+    """Adds beta and learning_rate as applied at the epoch's last step, and epoch_time
+    (seconds, validation included), to each epoch's logs."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch, self._started = epoch, time.perf_counter()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.cfg.unit == "epoch":
-            progress, total = self._epoch + batch / self.steps_per_epoch, self.epochs
-        else:
-            progress = self._epoch * self.steps_per_epoch + batch
-            total = self.epochs * self.steps_per_epoch
-        beta = beta_at(self.cfg, progress, total)
-        if beta != self._beta:
-            self.model.beta.assign(beta)
-            self._beta = beta
+        self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs["beta"] = self._beta
+        logs["beta"] = float(keras.ops.convert_to_numpy(self.model.beta))
         logs["learning_rate"] = current_learning_rate(self.model.optimizer)
         logs["epoch_time"] = time.perf_counter() - self._started
 

@@ -84,8 +84,9 @@ def build_decoder(arch: Architecture) -> keras.Model:
 class VAE(keras.Model):
     """Trains on the loss parts of `vaelab.losses.vae_loss`; ``call`` reconstructs E[x|z_mean].
 
-    ``beta`` is a non-trainable variable so the KL schedule can change it every step
-    without retracing the train step.
+    ``beta`` is a non-trainable variable holding the KL weight of the current step. With a
+    ``beta_schedule`` (a function of the optimizer's step count, see `vaelab.kl_schedule`)
+    the train step sets it before computing the loss; otherwise it stays as assigned.
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class VAE(keras.Model):
         self.free_bits = free_bits
         self.seed = seed
         self.sampling = Sampling(seed=seed, name="sampling")
+        self.beta_schedule = None  # training configuration, not part of the saved model
         self.beta = self.add_weight(shape=(), initializer="ones", trainable=False, name="beta")
         self.trackers = {
             name: keras.metrics.Mean(name=name)
@@ -137,6 +139,8 @@ class VAE(keras.Model):
     def train_step(self, data):
         import tensorflow as tf  # the TensorFlow backend's gradient tape
 
+        if self.beta_schedule is not None:
+            self.beta.assign(self.beta_schedule(self.optimizer.iterations))
         with tf.GradientTape() as tape:
             parts = self.loss_parts(data, training=True)
         grads = tape.gradient(parts["loss"], self.trainable_weights)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
+from vaelab.atomic import write_text
 from vaelab.params import Params
 
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+SWEEP_ENV = "VAELAB_SWEEP"
+PARENT_ENV = "VAELAB_PARENT_RUN_ID"  # set by `python -m vaelab.sweep`: runs nest under it
 
 
 def project_root(environ: Mapping[str, str] = os.environ, cwd: Path | None = None) -> Path:
@@ -29,9 +32,14 @@ def project_root(environ: Mapping[str, str] = os.environ, cwd: Path | None = Non
 
 def tracking_uri(environ: Mapping[str, str] = os.environ, cwd: Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI if set, else the absolute SQLite store at the project root."""
-    if environ.get("MLFLOW_TRACKING_URI"):
-        return environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{project_root(environ, cwd) / STORE_FILE}"
+    uri = environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{project_root(environ, cwd) / STORE_FILE}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # relative (e.g. what `mlflow run` passes on): anchor it at the project root, not
+        # at a temporary experiment copy
+        return f"sqlite:///{project_root(environ, cwd) / uri.removeprefix('sqlite:///')}"
+    return uri
 
 
 def ensure_experiment(name: str, root: Path) -> str:
@@ -77,6 +85,42 @@ def run_name(params: Params) -> str:
     return f"{name} | {arch.kind} z={arch.latent_dim}"
 
 
+def start_training_run(
+    params: Params,
+    data_md5: Mapping[str, str],
+    run_file: Path,
+    environ: MutableMapping[str, str] = os.environ,
+):
+    """Start the training's MLflow run, or re-open it.
+
+    - ``run_file`` exists: a resumed training continues its own run.
+    - ``$MLFLOW_RUN_ID`` is set (``mlflow run`` created a run for this entry point): that
+      run is the training run. The variable is then removed, so that no later run started
+      in this process logs into it by accident.
+    - otherwise a new run in ``base.experiment``.
+    """
+    import mlflow
+
+    root = project_root(environ)
+    mlflow.set_tracking_uri(tracking_uri(environ))
+    adopted = environ.pop("MLFLOW_RUN_ID", None)
+    if run_file.is_file():
+        run = mlflow.start_run(run_id=run_file.read_text().strip())
+        print(f"resuming MLflow run {run.info.run_id} from {run_file.parent}")
+        return run
+    tags = run_tags(params, root, data_md5, environ)
+    if adopted:
+        run = mlflow.start_run(run_id=adopted)
+        mlflow.set_tags({**tags, "mlflow.runName": run_name(params)})
+    else:
+        experiment_id = ensure_experiment(params.base.experiment, root)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(params), tags=tags)
+    mlflow.log_params(params.flat())
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    write_text(run_file, run.info.run_id)
+    return run
+
+
 def training_run(params: Params):
     """Re-open the MLflow run the train stage recorded in results/train/run.json."""
     import json
@@ -111,4 +155,11 @@ def run_tags(
         tags["dvc_exp_name"] = environ["DVC_EXP_NAME"]
     if environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc_exp_baseline_rev"] = environ["DVC_EXP_BASELINE_REV"]
+    # Runs of one sweep share a tag the UI can filter on: $VAELAB_SWEEP if given, else the
+    # commit the DVC experiments were queued from.
+    sweep = environ.get(SWEEP_ENV) or environ.get("DVC_EXP_BASELINE_REV", "")[:7]
+    if sweep:
+        tags["sweep"] = sweep
+    if environ.get(PARENT_ENV):
+        tags["mlflow.parentRunId"] = environ[PARENT_ENV]
     return tags

@@ -63,23 +63,22 @@ def train(params: Params) -> dict[str, Any]:
     """Run (or resume) the training; write the DVC outputs; return the summary metrics."""
     import keras
     import mlflow
-    import tensorflow as tf
 
     from vaelab import tracking
     from vaelab.callbacks import (
         MONITOR,
+        EpochExtras,
         EpochHistory,
-        KLSchedule,
         MlflowEpochLogger,
         ResumableEarlyStopping,
     )
     from vaelab.input_pipeline import evaluation_dataset, training_dataset
+    from vaelab.kl_schedule import BetaSchedule
     from vaelab.model import build_vae
     from vaelab.optim import build_optimizer
 
     cfg, seed = params.train, params.base.seed
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
 
     prepared = params.base.paths.prepared
     meta = read_meta(prepared)
@@ -93,32 +92,19 @@ def train(params: Params) -> dict[str, Any]:
 
     state = state_dir(params, meta["md5"])
     state.mkdir(parents=True, exist_ok=True)
-    root = tracking.project_root()
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    experiment_id = tracking.ensure_experiment(params.base.experiment, root)
-    run_file = state / "mlflow_run_id"
-    if run_file.is_file():
-        run = mlflow.start_run(run_id=run_file.read_text().strip())
-        print(f"resuming MLflow run {run.info.run_id} from {state}")
-    else:
-        run = mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=tracking.run_name(params),
-            tags=tracking.run_tags(params, root, meta["md5"]),
-        )
-        mlflow.log_params(params.flat())
-        write_text(run_file, run.info.run_id)
+    run = tracking.start_training_run(params, meta["md5"], state / "mlflow_run_id")
     run_id = run.info.run_id
 
     with run:
         model = build_vae(cfg, seed)
+        model.beta_schedule = BetaSchedule(cfg.kl, cfg.epochs, steps_per_epoch)
         model.compile(optimizer=build_optimizer(cfg, steps_per_epoch))
         history = EpochHistory(state / "history.csv")
         logged = mlflow.MlflowClient().get_metric_history(run_id, "loss")
         logger = MlflowEpochLogger(history, run_id, max((m.step for m in logged), default=0))
         best_so_far = min((row[MONITOR] for row in history.rows), default=None)
         callbacks: list[keras.callbacks.Callback] = [
-            KLSchedule(cfg.kl, cfg.epochs, steps_per_epoch),
+            EpochExtras(),
             keras.callbacks.TerminateOnNaN(raise_error=True),
             keras.callbacks.ModelCheckpoint(
                 state / BEST,
