@@ -86,12 +86,13 @@ def project(tmp_path: Path, real_mirror: Path) -> Path:
     """A fresh git + DVC repository holding this project's pipeline, on a small subset."""
     repo = tmp_path / "project"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", "MLproject", "python_env.yaml", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"].update(subset=600, val_size=100)
     params["train"].update(epochs=2, batch_size=50)
+    params["train"]["architecture"].update(hidden=[64], latent_dim=4)
     params["classifier"].update(train_images=600, epochs=1)
     params["evaluate"].update(importance_samples=20, prior_samples=200)
     params["figures"].update(projection_points=200)
@@ -101,7 +102,15 @@ def project(tmp_path: Path, real_mirror: Path) -> Path:
     run(["git", "config", "user.email", "ci@vaelab.test"], repo)
     run(["git", "config", "user.name", "vaelab ci"], repo)
     run(["dvc", "init", "-q"], repo, env)
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], repo)
     return repo
+
+
+def commit_all(repo: Path, message: str) -> str:
+    """Commit everything in ``repo``; return the commit id."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", message], repo)
+    return run(["git", "rev-parse", "HEAD"], repo).strip()
 
 
 TINY_TRAIN = {

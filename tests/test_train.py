@@ -190,3 +190,35 @@ def _md5(params):
     from vaelab.prepare import read_meta
 
     return read_meta(params.base.paths.prepared)["md5"]
+
+
+@pytest.mark.parametrize(("victim", "fix"), [("data/prepared/train.npz", "dvc checkout"),
+                                             ("data/prepared/meta.json", "dvc checkout")])
+def test_corrupted_prepared_data_stops_the_stage_cleanly(tiny_workdir, victim, fix):
+    params = tiny_workdir()
+    Path("params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    path = Path(victim)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = subprocess.run([sys.executable, "-m", "vaelab.stages.train"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert victim in result.stderr and fix in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not Path("models").exists() and not Path("mlflow.db").exists()
+
+
+def test_unreachable_tracking_server_fails_fast_before_training(tiny_workdir, monkeypatch):
+    import socket
+
+    from vaelab.errors import VaelabError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    params = tiny_workdir()
+    started = time.monotonic()
+    with pytest.raises(VaelabError, match=f"127.0.0.1:{port} does not answer"):
+        train(params)
+    assert time.monotonic() - started < 30
+    assert not Path(params.base.paths.models).exists()

@@ -79,7 +79,7 @@ def collect(experiment: str, sweep: str | None = None) -> list[RunRow]:
     runs = client.search_runs([found.experiment_id], query, order_by=["attributes.start_time"])
     rows = []
     for run in runs:
-        if run.data.tags.get(KIND_TAG) == "comparison":
+        if KIND_TAG in run.data.tags:  # a sweep's parent run or an earlier comparison
             continue
         sources = {
             "info": {"run_name": run.info.run_name, "status": run.info.status},

@@ -42,6 +42,26 @@ def tracking_uri(environ: Mapping[str, str] = os.environ, cwd: Path | None = Non
     return uri
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from vaelab.errors import VaelabError
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except (OSError, urllib.error.URLError) as exc:
+        raise VaelabError(
+            f"the MLflow tracking server at {uri} does not answer ({exc}). Start it (README: "
+            "'A shared tracking server'), fix MLFLOW_TRACKING_URI, or unset it to use the "
+            "local store."
+        ) from None
+
+
 def ensure_experiment(name: str, root: Path) -> str:
     """The experiment's id, creating it (artifacts under the project root when local)."""
     import mlflow
@@ -102,7 +122,9 @@ def start_training_run(
     import mlflow
 
     root = project_root(environ)
-    mlflow.set_tracking_uri(tracking_uri(environ))
+    uri = tracking_uri(environ)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
     adopted = environ.pop("MLFLOW_RUN_ID", None)
     if run_file.is_file():
         run = mlflow.start_run(run_id=run_file.read_text().strip())

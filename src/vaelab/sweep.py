@@ -1,0 +1,82 @@
+"""A sweep with DVC's own experiment queue, grouped in MLflow, then compared.
+
+    python -m vaelab.sweep -S 'train.kl.beta=0.5,1,2,4' [-S ...] [--jobs 1] [--name NAME]
+
+This is the documented manual procedure as one command:
+
+    export VAELAB_SWEEP=NAME
+    dvc exp run --queue -S 'train.kl.beta=0.5,1,2,4'
+    dvc queue start -j 1        # workers inherit VAELAB_SWEEP; wait for them
+    python -m vaelab.compare --sweep NAME
+
+plus a parent MLflow run (``sweep NAME``) that every training run nests under. When started
+by ``mlflow run -e sweep`` the project's run is that parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+from vaelab import compare, tracking
+
+ACTIVE = ("Queued", "Running")
+
+
+def dvc(*args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        sys.exit(f"error: `dvc {' '.join(args)}` failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def wait_for_queue(poll: float = 5.0) -> str:
+    """Block until no queued experiment is queued or running; return the final status."""
+    while True:
+        status = dvc("queue", "status")
+        if not any(state in line.split() for line in status.splitlines() for state in ACTIVE):
+            return status
+        time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import mlflow
+
+    from vaelab.params import load_params
+
+    parser = argparse.ArgumentParser(description="Sweep params with DVC's queue, compare.")
+    parser.add_argument("-S", "--set-param", action="append", required=True,
+                        help="as for `dvc exp run -S`, e.g. 'train.kl.beta=0.5,1,2,4'")
+    parser.add_argument("--jobs", "-j", type=int, default=1)
+    parser.add_argument("--name", help="sweep tag (default: sweep-<time>)")
+    parser.add_argument("--out", default="reports/compare")
+    args = parser.parse_args(argv)
+    name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+    params = load_params()
+
+    env = dict(os.environ)
+    root = tracking.project_root(env)
+    mlflow.set_tracking_uri(tracking.tracking_uri(env))
+    adopted = env.pop("MLFLOW_RUN_ID", None)  # the mlflow-run project run, if any
+    if adopted:
+        parent = mlflow.start_run(run_id=adopted)
+    else:
+        experiment_id = tracking.ensure_experiment(params.base.experiment, root)
+        parent = mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {name}")
+    with parent:
+        mlflow.set_tags({"sweep": name, compare.KIND_TAG: "sweep"})
+        mlflow.log_param("sweep.overrides", " ".join(args.set_param))
+        env.update({tracking.SWEEP_ENV: name, tracking.PARENT_ENV: parent.info.run_id})
+        queue_args = [arg for value in args.set_param for arg in ("-S", value)]
+        print(dvc("exp", "run", "--queue", *queue_args, env=env))
+        print(dvc("queue", "start", "-j", str(args.jobs), env=env))
+        print(wait_for_queue())
+    compare.main(["--experiment", params.base.experiment, "--sweep", name, "--out", args.out])
+
+
+if __name__ == "__main__":
+    main()

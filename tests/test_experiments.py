@@ -1,0 +1,198 @@
+"""Comparing KL weightings: queued DVC experiments, the comparison report, MLflow Projects,
+and getting an old model back from git + DVC."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import commit_all, run
+from vaelab import compare
+
+
+def _store(project):
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+def _training_runs(client, **tags):
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    experiment = client.get_experiment_by_name("vaelab")
+    runs = client.search_runs([experiment.experiment_id], query)
+    return [r for r in runs if compare.KIND_TAG not in r.data.tags]
+
+
+@pytest.mark.slow
+def test_queued_sweep_two_at_once_lands_in_the_project_store(project, real_mirror):
+    env = {"VAELAB_MNIST_MIRROR": str(real_mirror)}
+    run(["dvc", "repro"], project, env)
+    commit_all(project, "baseline")
+    out = run(
+        [
+            "python",
+            "-m",
+            "vaelab.sweep",
+            "-S",
+            "train.kl.beta=0.5,2",
+            "--jobs",
+            "2",
+            "--name",
+            "beta-test",
+            "--out",
+            "report",
+        ],
+        project,
+        env,
+    )
+    assert "beta=0.5" in out and "beta=2" in out
+    client = _store(project)
+    runs = _training_runs(client, sweep="beta-test")
+    assert sorted(r.data.params["train.kl.beta"] for r in runs) == ["0.5", "2.0"]
+    parent = client.search_runs(
+        [client.get_experiment_by_name("vaelab").experiment_id],
+        f"tags.`{compare.KIND_TAG}` = 'sweep'",
+    )[0]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["dvc_exp_name"]
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")] == [1, 2]
+        assert "test_nll" in r.data.metrics
+        assert client.list_artifacts(r.info.run_id, "figures")
+    assert not list(project.glob(".dvc/tmp/exps/**/mlflow.db"))
+    table = (project / "report" / "runs.csv").read_text()
+    assert table.count("\n") == 3 and "missing" not in table
+    shown = run(["dvc", "exp", "show", "--csv"], project)
+    assert "train.kl.beta" in shown and "0.5" in shown and "nll" in shown
+
+
+def _png(path):
+    plt.imsave(path, np.random.default_rng(0).random((20, 40)), cmap="gray")
+    return path
+
+
+def test_compare_report_shows_failed_run_as_missing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("vaelab", (tmp_path / "art").as_uri())
+    for beta, rate in ((0.5, 40.0), (4.0, 10.0)):
+        with mlflow.start_run(
+            experiment_id=experiment, run_name=f"beta={beta:g} linear", tags={"sweep": "s1"}
+        ):
+            mlflow.log_params(
+                {"train.kl.beta": beta, "train.kl.schedule": "linear", "train.kl.free_bits": 0.0}
+            )
+            mlflow.log_metrics(
+                {
+                    "test_nll": 90 + beta,
+                    "test_kl": rate,
+                    "test_reconstruction": 100 - rate,
+                    "test_neg_elbo": 100.0,
+                }
+            )
+            for step in (1, 2, 3):
+                mlflow.log_metric("val_neg_elbo", 110 - step, step=step)
+            for name in ("reconstructions", "prior_samples"):
+                mlflow.log_artifact(str(_png(tmp_path / f"{name}.png")), "figures")
+    with mlflow.start_run(experiment_id=experiment, run_name="beta=8 linear", tags={"sweep": "s1"}):
+        mlflow.log_param("train.kl.beta", 8.0)
+        mlflow.log_metric("val_neg_elbo", float("nan"), step=1)
+        mlflow.end_run("FAILED")
+    with mlflow.start_run(experiment_id=experiment, tags={"sweep": "other"}):
+        pass
+
+    compare.main(["--experiment", "vaelab", "--sweep", "s1", "--out", "report"])
+    rows = (tmp_path / "report" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 4
+    failed = next(r for r in rows if "beta=8" in r)
+    assert "FAILED" in failed and failed.count("missing") >= 5
+    for name in ("rate_distortion", "validation_curves", "samples_side_by_side"):
+        assert (tmp_path / "report" / f"{name}.png").stat().st_size > 5000
+    comparison = mlflow.search_runs(
+        [experiment], f"tags.`{compare.KIND_TAG}` = 'comparison'", output_format="list"
+    )
+    assert len(comparison) == 1
+    logged = {
+        a.path
+        for a in mlflow.MlflowClient().list_artifacts(comparison[0].info.run_id, "comparison")
+    }
+    assert "comparison/rate_distortion.png" in logged
+
+
+@pytest.mark.slow
+def test_mlproject_train_entry_point(project, real_mirror):
+    env = {"VAELAB_MNIST_MIRROR": str(real_mirror)}
+    run(["dvc", "repro"], project, env)
+    commit_all(project, "baseline")
+    run(
+        [
+            "mlflow",
+            "run",
+            ".",
+            "-e",
+            "train",
+            "-P",
+            "beta=3",
+            "-P",
+            "epochs=1",
+            "-P",
+            "latent_dim=3",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "vaelab",
+        ],
+        project,
+        {**env, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"},
+    )
+    client = _store(project)
+    runs = _training_runs(client, beta="3")
+    assert len(runs) == 1  # the project's run is the training run: no second, empty run
+    (r,) = runs
+    assert r.info.status == "FINISHED" and r.info.run_name == "beta=3 linear | mlp z=3"
+    assert r.data.params["train.architecture.latent_dim"] == "3"
+    assert r.data.tags["mlflow.project.entryPoint"] == "train"
+    assert "test_nll" in r.data.metrics and r.data.tags["data_md5.train"]
+
+
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_old_model_back_from_git_and_dvc(project, real_mirror, tmp_path):
+    env = {"VAELAB_MNIST_MIRROR": str(real_mirror)}
+    model = project / "models" / "model.keras"
+    run(["dvc", "repro"], project, env)
+    first = commit_all(project, "beta 1")
+    first_md5 = _md5(model)
+    run(["dvc", "push"], project)
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["kl"]["beta"] = 4.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], project, env)
+    commit_all(project, "beta 4")
+    run(["dvc", "push"], project)
+    assert _md5(model) != first_md5
+
+    run(["git", "checkout", "-q", first], project)
+    run(["dvc", "checkout"], project)
+    assert _md5(model) == first_md5
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["git", "checkout", "-q", first], clone)
+    run(["dvc", "pull", "models/model.keras"], clone)
+    assert _md5(clone / "models" / "model.keras") == first_md5
+
+    # The commit names its MLflow run: results/train/run.json is in git.
+    run_id = json.loads(run(["git", "show", f"{first}:results/train/run.json"], project))["run_id"]
+    found = _store(project).get_run(run_id)
+    assert found.data.params["train.kl.beta"] == "1.0"
