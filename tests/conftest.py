@@ -18,6 +18,19 @@ from vaelab.idx import idx_bytes
 from vaelab.mnist import FileSpec
 
 ROOT = Path(__file__).resolve().parents[1]
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_env():
+    """`mlflow.set_tracking_uri` also sets $MLFLOW_TRACKING_URI, which subprocesses of later
+    tests would inherit: every test starts and ends without these variables."""
+    saved = {name: os.environ.pop(name, None) for name in _MLFLOW_ENV}
+    yield
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
 
 
 def tiny_mnist_arrays(n_train: int = 300, n_test: int = 60, seed: int = 0) -> dict[str, np.ndarray]:

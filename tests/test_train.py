@@ -192,15 +192,18 @@ def _md5(params):
     return read_meta(params.base.paths.prepared)["md5"]
 
 
-@pytest.mark.parametrize(("victim", "fix"), [("data/prepared/train.npz", "dvc checkout"),
-                                             ("data/prepared/meta.json", "dvc checkout")])
+@pytest.mark.parametrize(
+    ("victim", "fix"),
+    [("data/prepared/train.npz", "dvc checkout"), ("data/prepared/meta.json", "dvc checkout")],
+)
 def test_corrupted_prepared_data_stops_the_stage_cleanly(tiny_workdir, victim, fix):
     params = tiny_workdir()
     Path("params.yaml").write_text(yaml.safe_dump(params.model_dump()))
     path = Path(victim)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    result = subprocess.run([sys.executable, "-m", "vaelab.stages.train"], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "vaelab.stages.train"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 1
     assert victim in result.stderr and fix in result.stderr
     assert "Traceback" not in result.stderr

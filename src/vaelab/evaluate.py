@@ -133,10 +133,14 @@ def _latent_table(kl: np.ndarray, act: np.ndarray) -> str:
 
 def _log_to_run(params: Params, metrics: dict[str, Any], latent_dims: Path) -> None:
     from vaelab import tracking
+    from vaelab.outbox import Delivery, deliver
 
-    with tracking.training_run(params) as run:
-        import mlflow
-
-        mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items()})
-        mlflow.log_artifact(str(latent_dims), artifact_path="evaluate")
-        print(f"logged to MLflow run {run.info.run_id}")
+    run_id = tracking.training_run_id(params)
+    if deliver(
+        Delivery(
+            run_id,
+            metrics={f"test_{k}": float(v) for k, v in metrics.items()},
+            artifacts=[(str(latent_dims), "evaluate")],
+        )
+    ):
+        print(f"logged to MLflow run {run_id}")

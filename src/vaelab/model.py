@@ -141,9 +141,13 @@ class VAE(keras.Model):
 
         if self.beta_schedule is not None:
             self.beta.assign(self.beta_schedule(self.optimizer.iterations))
+        # Under a tf.distribute strategy each replica sees a slice of the batch and the
+        # gradients are summed across replicas: scale so that the sum is the batch mean.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             parts = self.loss_parts(data, training=True)
-        grads = tape.gradient(parts["loss"], self.trainable_weights)
+            scaled = parts["loss"] / replicas
+        grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply(grads, self.trainable_weights)
         return self._record(parts)
 
@@ -190,3 +194,14 @@ def reconstruction_model(vae: VAE) -> keras.Model:
     z_mean, _ = vae.encoder(inputs)
     outputs = layers.Activation("sigmoid", name="reconstruction")(vae.decoder(z_mean))
     return keras.Model(inputs, outputs, name="vae_reconstruction")
+
+
+def distribution_strategy(enabled: bool, device_type: str = "GPU"):
+    """MirroredStrategy over the visible devices of ``device_type`` when ``enabled`` and there
+    are several; otherwise TensorFlow's default single-device strategy."""
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices(device_type)
+    if enabled and len(devices) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()

@@ -163,6 +163,7 @@ class Train(Section):
     reduce_on_plateau: ReduceOnPlateau = ReduceOnPlateau()
     early_stopping: EarlyStopping = EarlyStopping()
     run_name: str | None = Field(None, min_length=1, max_length=250)
+    distribute: bool = Field(False, description="MirroredStrategy when several GPUs are visible")
 
     @model_validator(mode="after")
     def _one_lr_controller(self) -> Self:

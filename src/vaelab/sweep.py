@@ -34,12 +34,26 @@ def dvc(*args: str, env: dict[str, str] | None = None) -> str:
     return result.stdout
 
 
-def wait_for_queue(poll: float = 5.0) -> str:
-    """Block until no queued experiment is queued or running; return the final status."""
+def _count(status: str, state: str) -> int:
+    return sum(state in line.split() for line in status.splitlines())
+
+
+def wait_for_queue(jobs: int, env: dict[str, str], poll: float = 5.0) -> str:
+    """Block until nothing is queued or running; return the final status.
+
+    DVC's workers exit when they find the queue empty, and one can do so while a task is
+    still waiting (seen here: three of four experiments ran, the fourth stayed queued with
+    no worker). Queued tasks with nothing running get workers started again.
+    """
     while True:
         status = dvc("queue", "status")
-        if not any(state in line.split() for line in status.splitlines() for state in ACTIVE):
+        if not any(_count(status, state) for state in ACTIVE):
             return status
+        if _count(status, "Queued") and not _count(status, "Running"):
+            time.sleep(poll)  # a worker may be between tasks
+            status = dvc("queue", "status")
+            if _count(status, "Queued") and not _count(status, "Running"):
+                dvc("queue", "start", "-j", str(jobs), env=env)
         time.sleep(poll)
 
 
@@ -49,8 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     from vaelab.params import load_params
 
     parser = argparse.ArgumentParser(description="Sweep params with DVC's queue, compare.")
-    parser.add_argument("-S", "--set-param", action="append", required=True,
-                        help="as for `dvc exp run -S`, e.g. 'train.kl.beta=0.5,1,2,4'")
+    parser.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        required=True,
+        help="as for `dvc exp run -S`, e.g. 'train.kl.beta=0.5,1,2,4'",
+    )
     parser.add_argument("--jobs", "-j", type=int, default=1)
     parser.add_argument("--name", help="sweep tag (default: sweep-<time>)")
     parser.add_argument("--out", default="reports/compare")
@@ -74,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         queue_args = [arg for value in args.set_param for arg in ("-S", value)]
         print(dvc("exp", "run", "--queue", *queue_args, env=env))
         print(dvc("queue", "start", "-j", str(args.jobs), env=env))
-        print(wait_for_queue())
+        print(wait_for_queue(args.jobs, env))
     compare.main(["--experiment", params.base.experiment, "--sweep", name, "--out", args.out])
 
 

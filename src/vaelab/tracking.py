@@ -110,41 +110,70 @@ def start_training_run(
     data_md5: Mapping[str, str],
     run_file: Path,
     environ: MutableMapping[str, str] = os.environ,
-):
-    """Start the training's MLflow run, or re-open it.
+) -> str:
+    """The training's MLflow run id: resumed, adopted or new.
 
     - ``run_file`` exists: a resumed training continues its own run.
     - ``$MLFLOW_RUN_ID`` is set (``mlflow run`` created a run for this entry point): that
       run is the training run. The variable is then removed, so that no later run started
       in this process logs into it by accident.
     - otherwise a new run in ``base.experiment``.
+    The run is driven through the client (no fluent "active run"), so a tracking server that
+    goes away mid-training cannot fail the stage; see `vaelab.outbox`.
     """
     import mlflow
+    from mlflow.entities import Param
 
     root = project_root(environ)
     uri = tracking_uri(environ)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    # A dead server should cost seconds per call, not minutes of retries.
+    environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     adopted = environ.pop("MLFLOW_RUN_ID", None)
+    client = mlflow.MlflowClient()
     if run_file.is_file():
-        run = mlflow.start_run(run_id=run_file.read_text().strip())
-        print(f"resuming MLflow run {run.info.run_id} from {run_file.parent}")
-        return run
-    tags = run_tags(params, root, data_md5, environ)
+        run_id = run_file.read_text().strip()
+        client.update_run(run_id, status="RUNNING")
+        print(f"resuming MLflow run {run_id} from {run_file.parent}")
+        return run_id
+    tags = {**run_tags(params, root, data_md5, environ), "mlflow.runName": run_name(params)}
     if adopted:
-        run = mlflow.start_run(run_id=adopted)
-        mlflow.set_tags({**tags, "mlflow.runName": run_name(params)})
+        run_id = adopted
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
     else:
         experiment_id = ensure_experiment(params.base.experiment, root)
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(params), tags=tags)
-    mlflow.log_params(params.flat())
-    run_file.parent.mkdir(parents=True, exist_ok=True)
-    write_text(run_file, run.info.run_id)
-    return run
+        run_id = client.create_run(experiment_id, tags=tags, run_name=run_name(params)).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.flat().items()])
+    write_text(run_file, run_id)
+    return run_id
 
 
-def training_run(params: Params):
-    """Re-open the MLflow run the train stage recorded in results/train/run.json."""
+def last_logged_epoch(run_id: str) -> int:
+    """The last epoch whose metrics are in the run (0 for a new run)."""
+    import mlflow
+
+    return max(
+        (m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")), default=0
+    )
+
+
+def end_run_quietly(run_id: str, status: str) -> None:
+    """Mark the run ended; a store that does not answer is only reported."""
+    import sys
+
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().set_terminated(run_id, status)
+    except Exception as exc:  # the failure being reported matters more
+        print(f"warning: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
+
+
+def training_run_id(params: Params) -> str:
+    """The MLflow run the train stage recorded in results/train/run.json (store selected)."""
     import json
 
     import mlflow
@@ -159,7 +188,7 @@ def training_run(params: Params):
             f"{path}: no training run recorded ({exc}); run `dvc repro train`"
         ) from None
     mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.start_run(run_id=run_id)
+    return run_id
 
 
 def run_tags(

@@ -59,23 +59,67 @@ def summarize(rows: list[dict[str, float]], monitor: str) -> dict[str, Any]:
     }
 
 
+def build_callbacks(params: Params, state: Path, history, logger) -> list:
+    """The training callbacks, in the order their epoch-end hooks must run: the history row
+    is written before the backup, and MLflow hears of an epoch only once it is backed up."""
+    import keras
+
+    from vaelab.callbacks import MONITOR, EpochExtras, ResumableEarlyStopping
+
+    cfg = params.train
+    best_so_far = min((row[MONITOR] for row in history.rows), default=None)
+    callbacks = [EpochExtras(), keras.callbacks.TerminateOnNaN(raise_error=True)]
+    if cfg.reduce_on_plateau.enabled:
+        rop = cfg.reduce_on_plateau
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=MONITOR,
+                mode="min",
+                factor=rop.factor,
+                patience=rop.patience,
+                min_lr=rop.min_lr,
+            )
+        )
+    callbacks += [
+        keras.callbacks.ModelCheckpoint(
+            state / BEST,
+            monitor=MONITOR,
+            mode="min",
+            save_best_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        history,
+        # double_checkpoint: a kill while the backup is written falls back to the one before
+        keras.callbacks.BackupAndRestore(str(state / "backup"), double_checkpoint=True),
+        logger,
+    ]
+    if cfg.early_stopping.enabled:
+        es = cfg.early_stopping
+        callbacks.append(
+            ResumableEarlyStopping(
+                history,
+                monitor=MONITOR,
+                mode="min",
+                patience=es.patience,
+                min_delta=es.min_delta,
+                start_from_epoch=es.start_from_epoch,
+                restore_best_weights=True,
+            )
+        )
+    return callbacks
+
+
 def train(params: Params) -> dict[str, Any]:
     """Run (or resume) the training; write the DVC outputs; return the summary metrics."""
     import keras
-    import mlflow
 
     from vaelab import tracking
-    from vaelab.callbacks import (
-        MONITOR,
-        EpochExtras,
-        EpochHistory,
-        MlflowEpochLogger,
-        ResumableEarlyStopping,
-    )
+    from vaelab.callbacks import MONITOR, EpochHistory, MlflowEpochLogger
     from vaelab.input_pipeline import evaluation_dataset, training_dataset
     from vaelab.kl_schedule import BetaSchedule
-    from vaelab.model import build_vae
+    from vaelab.model import build_vae, distribution_strategy
     from vaelab.optim import build_optimizer
+    from vaelab.outbox import Delivery, deliver
 
     cfg, seed = params.train, params.base.seed
     keras.utils.set_random_seed(seed)
@@ -91,102 +135,48 @@ def train(params: Params) -> dict[str, Any]:
     val_ds = evaluation_dataset(x_val, cfg.batch_size)
 
     state = state_dir(params, meta["md5"])
-    state.mkdir(parents=True, exist_ok=True)
-    run = tracking.start_training_run(params, meta["md5"], state / "mlflow_run_id")
-    run_id = run.info.run_id
-
-    with run:
-        model = build_vae(cfg, seed)
-        model.beta_schedule = BetaSchedule(cfg.kl, cfg.epochs, steps_per_epoch)
-        model.compile(optimizer=build_optimizer(cfg, steps_per_epoch))
-        history = EpochHistory(state / "history.csv")
-        logged = mlflow.MlflowClient().get_metric_history(run_id, "loss")
-        logger = MlflowEpochLogger(history, run_id, max((m.step for m in logged), default=0))
-        best_so_far = min((row[MONITOR] for row in history.rows), default=None)
-        callbacks: list[keras.callbacks.Callback] = [
-            EpochExtras(),
-            keras.callbacks.TerminateOnNaN(raise_error=True),
-            keras.callbacks.ModelCheckpoint(
-                state / BEST,
-                monitor=MONITOR,
-                mode="min",
-                save_best_only=True,
-                initial_value_threshold=best_so_far,
-            ),
-            history,
-            # double_checkpoint: a kill while the backup is written falls back to the one before
-            keras.callbacks.BackupAndRestore(str(state / "backup"), double_checkpoint=True),
-            logger,
-        ]
-        if cfg.reduce_on_plateau.enabled:
-            rop = cfg.reduce_on_plateau
-            callbacks.insert(
-                1,
-                keras.callbacks.ReduceLROnPlateau(
-                    monitor=MONITOR,
-                    mode="min",
-                    factor=rop.factor,
-                    patience=rop.patience,
-                    min_lr=rop.min_lr,
-                ),
-            )
-        if cfg.early_stopping.enabled:
-            es = cfg.early_stopping
-            callbacks.append(
-                ResumableEarlyStopping(
-                    history,
-                    monitor=MONITOR,
-                    mode="min",
-                    patience=es.patience,
-                    min_delta=es.min_delta,
-                    start_from_epoch=es.start_from_epoch,
-                    restore_best_weights=True,
-                )
-            )
-        try:
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=cfg.epochs,
-                callbacks=callbacks,
-                shuffle=False,
-                verbose=2,
-            )
-        except RuntimeError as exc:
-            if "NaN or Inf loss" not in str(exc):
-                raise
+    run_id = tracking.start_training_run(params, meta["md5"], state / "mlflow_run_id")
+    history = EpochHistory(state / "history.csv")
+    logger = MlflowEpochLogger(history, run_id, tracking.last_logged_epoch(run_id))
+    try:
+        with distribution_strategy(cfg.distribute).scope():
+            model = build_vae(cfg, seed)
+            model.beta_schedule = BetaSchedule(cfg.kl, cfg.epochs, steps_per_epoch)
+            model.compile(optimizer=build_optimizer(cfg, steps_per_epoch))
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            shuffle=False,
+            callbacks=build_callbacks(params, state, history, logger),
+            verbose=2,
+        )
+    except BaseException as exc:
+        tracking.end_run_quietly(run_id, "FAILED")
+        if isinstance(exc, RuntimeError) and "NaN or Inf loss" in str(exc):
             raise TrainingDiverged(
                 f"training diverged: {exc} The best model so far is kept in {state / BEST}. "
                 "Lower train.optimizer.learning_rate (or set train.optimizer.clipnorm) and "
                 "re-run."
             ) from None
+        raise
 
-        summary = summarize(history.rows, MONITOR)
-        out = output_paths(params)
-        with atomic_write(out["model"]) as handle:
-            handle.write((state / BEST).read_bytes())
-        write_text(out["history"], (state / "history.csv").read_text())
-        write_json(out["metrics"], summary)
-        write_json(out["run"], {"run_id": run_id, "experiment": params.base.experiment})
-
-        logger.flush()
-        _log_final(out, summary, x_val[:16])
+    summary = summarize(history.rows, MONITOR)
+    out = output_paths(params)
+    with atomic_write(out["model"]) as handle:
+        handle.write((state / BEST).read_bytes())
+    write_text(out["history"], (state / "history.csv").read_text())
+    write_json(out["metrics"], summary)
+    write_json(out["run"], {"run_id": run_id, "experiment": params.base.experiment})
+    deliver(
+        Delivery(
+            run_id,
+            metrics={f"best_{k}": v for k, v in summary.items()},
+            rows=logger.pending(),
+            artifacts=[(str(out["history"]), "train"), (str(out["model"]), "train")],
+            model=str(out["model"]),
+            status="FINISHED",
+        )
+    )
     shutil.rmtree(state)
     return summary
-
-
-def _log_final(out: dict[str, Path], summary: dict[str, Any], example) -> None:
-    """Best model (as a serving-friendly MLflow model), history file and summary metrics."""
-    import keras
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from vaelab.model import reconstruction_model
-
-    best = keras.saving.load_model(out["model"])
-    serving = reconstruction_model(best)
-    signature = infer_signature(example, serving.predict(example, verbose=0))
-    mlflow.keras.log_model(serving, name="model", signature=signature)
-    mlflow.log_artifact(str(out["history"]), artifact_path="train")
-    mlflow.log_artifact(str(out["model"]), artifact_path="train")
-    mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})

@@ -1,18 +1,17 @@
 """DVC stage `figures`: PNGs of the trained run, also attached to its MLflow run."""
 
 from vaelab import tracking
+from vaelab.outbox import Delivery, deliver
 from vaelab.params import Params
 from vaelab.stages import run_stage
-from vaelab.visualize import figure_dir, render_all
+from vaelab.visualize import render_all
 
 
 def main(params: Params) -> None:
     paths = render_all(params)
-    with tracking.training_run(params):
-        import mlflow
-
-        mlflow.log_artifacts(str(figure_dir(params)), artifact_path="figures")
-    print(f"wrote {len(paths)} figures to {figure_dir(params)}")
+    run_id = tracking.training_run_id(params)
+    deliver(Delivery(run_id, artifacts=[(str(p), "figures") for p in paths.values()]))
+    print(f"wrote {len(paths)} figures to {next(iter(paths.values())).parent}")
 
 
 if __name__ == "__main__":
