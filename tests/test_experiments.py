@@ -39,7 +39,7 @@ def test_queued_sweep_two_at_once_lands_in_the_project_store(project, real_mirro
             "-m",
             "vaelab.sweep",
             "-S",
-            "train.kl.beta=0.5,2",
+            "train.kl.beta=0.5,1,2",  # 1 is the baseline's: DVC reuses that run
             "--jobs",
             "2",
             "--name",
@@ -53,20 +53,22 @@ def test_queued_sweep_two_at_once_lands_in_the_project_store(project, real_mirro
     assert "beta=0.5" in out and "beta=2" in out
     client = _store(project)
     runs = _training_runs(client, sweep="beta-test")
-    assert sorted(r.data.params["train.kl.beta"] for r in runs) == ["0.5", "2.0"]
+    assert sorted(r.data.params["train.kl.beta"] for r in runs) == ["0.5", "1.0", "2.0"]
     parent = client.search_runs(
         [client.get_experiment_by_name("vaelab").experiment_id],
         f"tags.`{compare.KIND_TAG}` = 'sweep'",
     )[0]
     for r in runs:
-        assert r.info.status == "FINISHED" and r.data.tags["dvc_exp_name"]
-        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert r.info.status == "FINISHED"
+        if r.data.params["train.kl.beta"] != "1.0":  # the two trained in the sweep
+            assert r.data.tags["dvc_exp_name"]
+            assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")] == [1, 2]
         assert "test_nll" in r.data.metrics
         assert client.list_artifacts(r.info.run_id, "figures")
     assert not list(project.glob(".dvc/tmp/exps/**/mlflow.db"))
     table = (project / "report" / "runs.csv").read_text()
-    assert table.count("\n") == 3 and "missing" not in table
+    assert table.count("\n") == 4 and "missing" not in table
     shown = run(["dvc", "exp", "show", "--csv"], project)
     assert "train.kl.beta" in shown and "0.5" in shown and "nll" in shown
 
@@ -155,7 +157,7 @@ def test_mlproject_train_entry_point(project, real_mirror):
     runs = _training_runs(client, beta="3")
     assert len(runs) == 1  # the project's run is the training run: no second, empty run
     (r,) = runs
-    assert r.info.status == "FINISHED" and r.info.run_name == "beta=3 linear | mlp z=3"
+    assert r.info.status == "FINISHED" and r.info.run_name == "beta=3 linear, mlp z=3"
     assert r.data.params["train.architecture.latent_dim"] == "3"
     assert r.data.tags["mlflow.project.entryPoint"] == "train"
     assert "test_nll" in r.data.metrics and r.data.tags["data_md5.train"]

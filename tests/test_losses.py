@@ -44,6 +44,7 @@ def test_kl_matches_closed_form_and_vanishes_at_prior():
 def test_loss_parts_add_up(beta):
     parts = {k: float(_np(v)) for k, v in vae_loss(TARGET, LOGITS, MEAN, LOG_VAR, beta).items()}
     assert parts["loss"] == pytest.approx(parts["reconstruction"] + beta * parts["kl"], rel=1e-5)
+    assert parts["objective"] == parts["neg_elbo"]  # target beta defaults to 1
     assert parts["neg_elbo"] == pytest.approx(parts["reconstruction"] + parts["kl"], rel=1e-5)
 
 
@@ -54,6 +55,10 @@ def test_free_bits_floor_holds_per_dimension():
     recon, kl, loss = (float(_np(parts[k])) for k in ("reconstruction", "kl", "loss"))
     assert kl == pytest.approx(4.5)  # the reported KL is never floored
     assert loss - recon == pytest.approx(4.5 + 2.0 + 2.0)  # dims 1, 2 lifted to the floor
+    target = vae_loss(
+        TARGET[:4], LOGITS[:4], mean, log_var, beta=0.5, free_bits=2.0, target_beta=3.0
+    )
+    assert float(_np(target["objective"])) - recon == pytest.approx(3.0 * 8.5)
 
 
 def _kl(**kw):

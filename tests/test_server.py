@@ -33,12 +33,25 @@ class MlflowServer:
 
     def start(self) -> None:
         self.root.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.root / 'store.db'}",
-               "--artifacts-destination", str(self.root / "artifacts")]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'store.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -66,16 +79,19 @@ def server(tmp_path):
 
 
 @pytest.mark.slow
-def test_server_lost_mid_training_then_outbox_sends_everything(tiny_workdir, server,
-                                                               monkeypatch):
+def test_server_lost_mid_training_then_outbox_sends_everything(tiny_workdir, server, monkeypatch):
     params = tiny_workdir(epochs=8)
     Path("params.yaml").write_text(yaml.safe_dump(params.model_dump()))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     from vaelab.prepare import read_meta
 
     history = state_dir(params, read_meta(params.base.paths.prepared)["md5"]) / "history.csv"
-    proc = subprocess.Popen([sys.executable, "-m", "vaelab.stages.train"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaelab.stages.train"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while len(read_history(history) if history.is_file() else []) < 2:
         assert proc.poll() is None and time.monotonic() < deadline
@@ -89,13 +105,15 @@ def test_server_lost_mid_training_then_outbox_sends_everything(tiny_workdir, ser
     assert outputs["model"].stat().st_size > 0
 
     # Still down: the outbox keeps everything and says so.
-    still = subprocess.run([sys.executable, "-m", "vaelab.outbox"], capture_output=True,
-                           text=True, timeout=120)
+    still = subprocess.run(
+        [sys.executable, "-m", "vaelab.outbox"], capture_output=True, text=True, timeout=120
+    )
     assert still.returncode != 0 and "does not answer" in still.stderr
 
     server.start()
-    sent = subprocess.run([sys.executable, "-m", "vaelab.outbox"], capture_output=True,
-                          text=True, timeout=300)
+    sent = subprocess.run(
+        [sys.executable, "-m", "vaelab.outbox"], capture_output=True, text=True, timeout=300
+    )
     assert sent.returncode == 0, sent.stderr
     assert "0 still kept" in sent.stdout
 
@@ -107,6 +125,8 @@ def test_server_lost_mid_training_then_outbox_sends_everything(tiny_workdir, ser
     for key in ("val_loss", "beta", "learning_rate"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, 9))
     assert {a.path for a in client.list_artifacts(run_id, "train")} == {
-        "train/history.csv", "train/model.keras"}
+        "train/history.csv",
+        "train/model.keras",
+    }
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     assert model.metadata.signature is not None

@@ -15,7 +15,9 @@ import keras
 from vaelab.atomic import write_text
 from vaelab.optim import current_learning_rate
 
-MONITOR = "val_neg_elbo"  # beta-free, so warm-up does not look like overfitting
+# The run's own objective at its target beta: a KL warm-up does not look like overfitting,
+# and a beta = 4 run keeps the checkpoint that is best for beta = 4.
+MONITOR = "val_objective"
 
 
 class EpochExtras(keras.callbacks.Callback):

@@ -99,7 +99,7 @@ def _cell(value: Any) -> str:
         return "missing"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return str(value).replace("|", "\\|")  # a Markdown table cell
 
 
 def table_csv(rows: list[RunRow]) -> str:

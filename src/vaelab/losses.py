@@ -46,12 +46,15 @@ def vae_loss(
     likelihood: str = "bernoulli",
     sigma: float = 1.0,
     free_bits: float = 0.0,
+    target_beta: float = 1.0,
 ) -> dict:
     """Batch means of the loss parts.
 
     ``loss`` = reconstruction + beta * KL, where with free bits each latent dimension's
-    batch-mean KL is floored at ``free_bits`` nats (Kingma et al. 2016). ``kl`` and
-    ``neg_elbo`` (= reconstruction + KL, beta = 1) are always the unfloored values.
+    batch-mean KL is floored at ``free_bits`` nats (Kingma et al. 2016). ``objective`` is the
+    same with the schedule's target beta: what the run optimizes once any warm-up is over, so
+    it is comparable across epochs. ``kl`` and ``neg_elbo`` (= reconstruction + KL, beta = 1)
+    are always the unfloored values.
     """
     recon = reconstruction_nll(target, logits, likelihood, sigma)
     kl_dims = kl_per_dim(z_mean, z_log_var)
@@ -63,6 +66,7 @@ def vae_loss(
     recon_mean = ops.mean(recon)
     return {
         "loss": recon_mean + beta * kl_term,
+        "objective": recon_mean + target_beta * kl_term,
         "reconstruction": recon_mean,
         "kl": ops.mean(kl),
         "neg_elbo": recon_mean + ops.mean(kl),

@@ -96,6 +96,7 @@ class VAE(keras.Model):
         likelihood: str = "bernoulli",
         sigma: float = 1.0,
         free_bits: float = 0.0,
+        target_beta: float = 1.0,
         seed: int | None = None,
         **kwargs,
     ) -> None:
@@ -105,13 +106,14 @@ class VAE(keras.Model):
         self.likelihood = likelihood
         self.sigma = sigma
         self.free_bits = free_bits
+        self.target_beta = target_beta
         self.seed = seed
         self.sampling = Sampling(seed=seed, name="sampling")
         self.beta_schedule = None  # training configuration, not part of the saved model
         self.beta = self.add_weight(shape=(), initializer="ones", trainable=False, name="beta")
         self.trackers = {
             name: keras.metrics.Mean(name=name)
-            for name in ("loss", "reconstruction", "kl", "neg_elbo")
+            for name in ("loss", "objective", "reconstruction", "kl", "neg_elbo")
         }
 
     @property
@@ -128,7 +130,15 @@ class VAE(keras.Model):
         z = self.sampling([z_mean, z_log_var])
         logits = self.decoder(z, training=training)
         return vae_loss(
-            x, logits, z_mean, z_log_var, self.beta, self.likelihood, self.sigma, self.free_bits
+            x,
+            logits,
+            z_mean,
+            z_log_var,
+            self.beta,
+            self.likelihood,
+            self.sigma,
+            self.free_bits,
+            self.target_beta,
         )
 
     def _record(self, parts: dict) -> dict:
@@ -162,6 +172,7 @@ class VAE(keras.Model):
             "likelihood": self.likelihood,
             "sigma": self.sigma,
             "free_bits": self.free_bits,
+            "target_beta": self.target_beta,
             "seed": self.seed,
         }
 
@@ -181,6 +192,7 @@ def build_vae(cfg: Train, seed: int) -> VAE:
         likelihood=cfg.likelihood.kind,
         sigma=cfg.likelihood.sigma,
         free_bits=cfg.kl.free_bits,
+        target_beta=cfg.kl.beta,
         seed=seed,
         name="vae",
     )

@@ -16,7 +16,9 @@ by ``mlflow run -e sweep`` the project's run is that parent.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -57,6 +59,34 @@ def wait_for_queue(jobs: int, env: dict[str, str], poll: float = 5.0) -> str:
         time.sleep(poll)
 
 
+def experiment_run_ids(names: list[str]) -> dict[str, str]:
+    """{experiment name: MLflow run id} from each finished experiment's results/train/run.json.
+
+    When an experiment's training is unchanged from one DVC has already run (e.g. the sweep
+    includes the baseline's beta), DVC restores that run's outputs instead of training, so
+    the run it names is an earlier one; the sweep tags it too.
+    """
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    found = {}
+    for name in names:
+        ref = next((r for r in refs if r.endswith(f"/{name}")), None)
+        shown = (
+            subprocess.run(
+                ["git", "show", f"{ref}:results/train/run.json"], capture_output=True, text=True
+            )
+            if ref
+            else None
+        )
+        if shown is not None and shown.returncode == 0:
+            found[name] = json.loads(shown.stdout)["run_id"]
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     import mlflow
 
@@ -91,9 +121,14 @@ def main(argv: list[str] | None = None) -> None:
         mlflow.log_param("sweep.overrides", " ".join(args.set_param))
         env.update({tracking.SWEEP_ENV: name, tracking.PARENT_ENV: parent.info.run_id})
         queue_args = [arg for value in args.set_param for arg in ("-S", value)]
-        print(dvc("exp", "run", "--queue", *queue_args, env=env))
+        queued = dvc("exp", "run", "--queue", *queue_args, env=env)
+        print(queued)
         print(dvc("queue", "start", "-j", str(args.jobs), env=env))
         print(wait_for_queue(args.jobs, env))
+        names = re.findall(r"Queued experiment '([^']+)'", queued)
+        client = mlflow.MlflowClient()
+        for run_id in experiment_run_ids(names).values():
+            client.set_tag(run_id, "sweep", name)
     compare.main(["--experiment", params.base.experiment, "--sweep", name, "--out", args.out])
 
 

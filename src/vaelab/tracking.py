@@ -95,14 +95,14 @@ def git_state(root: Path) -> dict[str, str]:
 
 
 def run_name(params: Params) -> str:
-    """What distinguishes the run at a glance, e.g. ``beta=4 cyclical fb=0.5 | mlp z=32``."""
+    """What distinguishes the run at a glance, e.g. ``beta=4 cyclical fb=0.5, mlp z=32``."""
     if params.train.run_name:
         return params.train.run_name
     kl, arch = params.train.kl, params.train.architecture
     name = f"beta={kl.beta:g} {kl.schedule}"
     if kl.free_bits:
         name += f" fb={kl.free_bits:g}"
-    return f"{name} | {arch.kind} z={arch.latent_dim}"
+    return f"{name}, {arch.kind} z={arch.latent_dim}"
 
 
 def start_training_run(

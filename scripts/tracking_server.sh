@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# A real MLflow tracking server: PostgreSQL (Debian's postgresql package, its own cluster,
+# listening on 127.0.0.1 only, password authentication) as the backend store and a folder as
+# the artifact store, proxied by the server (clients need no access to it).
+#
+#   scripts/tracking_server.sh start    # then: export MLFLOW_TRACKING_URI=<printed URI>
+#   scripts/tracking_server.sh stop
+#
+# Settings from the environment: VAELAB_SERVER_DIR (default .vaelab/server), VAELAB_SERVER_PORT
+# (5000), VAELAB_PG_PORT (5433). The database password is generated on first start and kept in
+# $VAELAB_SERVER_DIR/pgpassword (mode 600); it is passed to MLflow through PGPASSWORD, never on
+# a command line or in params.yaml.
+set -euo pipefail
+
+action=${1:?usage: $0 start|stop}
+dir=$(realpath -m "${VAELAB_SERVER_DIR:-.vaelab/server}")
+port=${VAELAB_SERVER_PORT:-5000}
+pg_port=${VAELAB_PG_PORT:-5433}
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -n "$pgbin" ] || { echo "PostgreSQL is not installed: apt-get install postgresql" >&2; exit 1; }
+mlflow=$(command -v mlflow) || { echo "mlflow not on PATH: activate .venv" >&2; exit 1; }
+
+# initdb refuses to run as root: as root the cluster belongs to the postgres system user.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+start() {
+  mkdir -p "$dir/artifacts"
+  if [ ! -s "$dir/pgpassword" ]; then
+    (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/pgpassword")
+  fi
+  if [ ! -d "$dir/pgdata" ]; then
+    mkdir -p "$dir/pgdata"
+    cp "$dir/pgpassword" "$dir/pgdata.pw"
+    if [ "$(id -u)" = 0 ]; then chown postgres "$dir/pgdata" "$dir/pgdata.pw"; fi
+    as_pg "$pgbin/initdb" -D "$dir/pgdata" -U mlflow --pwfile="$dir/pgdata.pw" \
+      --auth=scram-sha-256 >"$dir/initdb.log"
+    rm -f "$dir/pgdata.pw"
+  fi
+  if ! as_pg "$pgbin/pg_ctl" -D "$dir/pgdata" status >/dev/null 2>&1; then
+    as_pg "$pgbin/pg_ctl" -D "$dir/pgdata" -w -l "$dir/pgdata/server.log" \
+      -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $dir/pgdata" start >/dev/null
+  fi
+  export PGPASSWORD
+  PGPASSWORD=$(cat "$dir/pgpassword")
+  "$pgbin/psql" -h 127.0.0.1 -p "$pg_port" -U mlflow -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'mlflow'" | grep -q 1 ||
+    "$pgbin/createdb" -h 127.0.0.1 -p "$pg_port" -U mlflow mlflow
+  MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://mlflow@127.0.0.1:$pg_port/mlflow" \
+    nohup "$mlflow" server --host 127.0.0.1 --port "$port" --workers 2 \
+      --artifacts-destination "$dir/artifacts" >"$dir/mlflow.log" 2>&1 &
+  echo $! >"$dir/mlflow.pid"
+  for _ in $(seq 240); do
+    if curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 ||
+       python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+         "http://127.0.0.1:$port/health" 2>/dev/null; then
+      echo "http://127.0.0.1:$port"
+      return 0
+    fi
+    kill -0 "$(cat "$dir/mlflow.pid")" 2>/dev/null || break
+    sleep 0.5
+  done
+  echo "the MLflow server did not come up; see $dir/mlflow.log" >&2
+  exit 1
+}
+
+stop() {
+  if [ -s "$dir/mlflow.pid" ]; then
+    kill "$(cat "$dir/mlflow.pid")" 2>/dev/null || true
+    rm -f "$dir/mlflow.pid"
+  fi
+  if [ -d "$dir/pgdata" ]; then
+    as_pg "$pgbin/pg_ctl" -D "$dir/pgdata" -m fast stop >/dev/null 2>&1 || true
+  fi
+}
+
+case "$action" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac
