@@ -2,18 +2,20 @@
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: install repro test
+.PHONY: install system-deps repro test
 
 $(BIN)/dvc: pyproject.toml requirements.lock
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
 install: $(BIN)/dvc
 
+system-deps:
+	scripts/install_system_deps.sh
+
 repro: install
 	PATH="$(BIN):$$PATH" dvc repro
 
-test: install
+test: install system-deps
 	PATH="$(BIN):$$PATH" python -m pytest

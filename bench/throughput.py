@@ -58,8 +58,14 @@ def bare_throughput(params, x: np.ndarray) -> float:
     vae.compile(optimizer=build_optimizer(cfg, steps_per_epoch=len(x) // cfg.batch_size))
     binary = (np.random.default_rng(0).random(x.shape, dtype=np.float32) < x).astype("float32")
     timer = _EpochTimer()
-    vae.fit(binary, epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-            callbacks=[timer.callback])
+    vae.fit(
+        binary,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=[timer.callback],
+    )
     return len(x) * (len(timer.times) - 1) / sum(timer.times[1:])
 
 

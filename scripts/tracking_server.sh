@@ -7,7 +7,10 @@
 #   scripts/tracking_server.sh stop
 #
 # Settings from the environment: VAELAB_SERVER_DIR (default .vaelab/server), VAELAB_SERVER_PORT
-# (5000), VAELAB_PG_PORT (5433). The database password is generated on first start and kept in
+# (5000), VAELAB_PG_PORT (5433), VAELAB_ARTIFACTS (default $VAELAB_SERVER_DIR/artifacts; an
+# s3://bucket/path for a team, with AWS_* / MLFLOW_S3_ENDPOINT_URL in the environment),
+# VAELAB_SERVER_HOST (127.0.0.1; set it deliberately to serve a network, and put MLflow's
+# basic-auth app and TLS in front: see the README). The database password is generated on first start and kept in
 # $VAELAB_SERVER_DIR/pgpassword (mode 600); it is passed to MLflow through PGPASSWORD, never on
 # a command line or in params.yaml.
 set -euo pipefail
@@ -15,6 +18,7 @@ set -euo pipefail
 action=${1:?usage: $0 start|stop}
 dir=$(realpath -m "${VAELAB_SERVER_DIR:-.vaelab/server}")
 port=${VAELAB_SERVER_PORT:-5000}
+host=${VAELAB_SERVER_HOST:-127.0.0.1}
 pg_port=${VAELAB_PG_PORT:-5433}
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -n "$pgbin" ] || { echo "PostgreSQL is not installed: apt-get install postgresql" >&2; exit 1; }
@@ -24,7 +28,9 @@ mlflow=$(command -v mlflow) || { echo "mlflow not on PATH: activate .venv" >&2; 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 start() {
-  mkdir -p "$dir/artifacts"
+  artifacts=${VAELAB_ARTIFACTS:-$dir/artifacts}
+  case "$artifacts" in *://*) ;; *) mkdir -p "$artifacts" ;; esac
+  mkdir -p "$dir"
   if [ ! -s "$dir/pgpassword" ]; then
     (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/pgpassword")
   fi
@@ -46,14 +52,14 @@ start() {
     "SELECT 1 FROM pg_database WHERE datname = 'mlflow'" | grep -q 1 ||
     "$pgbin/createdb" -h 127.0.0.1 -p "$pg_port" -U mlflow mlflow
   MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://mlflow@127.0.0.1:$pg_port/mlflow" \
-    nohup "$mlflow" server --host 127.0.0.1 --port "$port" --workers 2 \
-      --artifacts-destination "$dir/artifacts" >"$dir/mlflow.log" 2>&1 &
+    nohup "$mlflow" server --host "$host" --port "$port" --workers 2 \
+      --artifacts-destination "$artifacts" >"$dir/mlflow.log" 2>&1 &
   echo $! >"$dir/mlflow.pid"
   for _ in $(seq 240); do
     if curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 ||
        python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" \
          "http://127.0.0.1:$port/health" 2>/dev/null; then
-      echo "http://127.0.0.1:$port"
+      echo "http://$host:$port"
       return 0
     fi
     kill -0 "$(cat "$dir/mlflow.pid")" 2>/dev/null || break

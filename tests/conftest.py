@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,11 +81,19 @@ def real_mirror() -> Path:
     return path.resolve()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (as of now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900) -> str:
     """Run a command with this interpreter's bin dir first on PATH; fail with its output."""
     full_env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
         **(env or {}),
     }
     result = subprocess.run(

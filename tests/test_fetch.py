@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gzip
 import http.server
-import socket
 import threading
 import typing
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from vaelab.errors import FetchError
 from vaelab.fetch import MIRROR_ENV, fetch_all, fetch_file, sources
 from vaelab.mnist import FILES
@@ -64,12 +64,6 @@ def http_mirrors(tiny_mirror):
     server.server_close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_local_folder_mirror_first(tiny_mirror, tmp_path, monkeypatch):
     mirror, specs = tiny_mirror
     monkeypatch.setenv(MIRROR_ENV, str(mirror))
@@ -100,7 +94,7 @@ def test_checksum_mismatch_is_rejected_and_nothing_written(tiny_mirror, tmp_path
 
 def test_all_sources_failing_names_each_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "no-such-folder"))
-    offline = f"http://127.0.0.1:{_closed_port()}/mnist"
+    offline = f"http://127.0.0.1:{free_port()}/mnist"
     with pytest.raises(FetchError) as info:
         fetch_all(tmp_path / "raw", [offline], 2, files=dict(list(FILES.items())[:1]))
     message = str(info.value)

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from tests.conftest import ROOT, commit_all, run
+from tests.conftest import ROOT, commit_all, free_port, run
 from vaelab import compare
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 SCRIPT = ROOT / "scripts" / "tracking_server.sh"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -30,8 +23,8 @@ def tracking_server(tmp_path):
         )
     env = {
         "VAELAB_SERVER_DIR": str(tmp_path / "server"),
-        "VAELAB_SERVER_PORT": str(_free_port()),
-        "VAELAB_PG_PORT": str(_free_port()),
+        "VAELAB_SERVER_PORT": str(free_port()),
+        "VAELAB_PG_PORT": str(free_port()),
     }
     uri = run(["bash", str(SCRIPT), "start"], tmp_path, env, timeout=300).strip().splitlines()[-1]
     yield uri

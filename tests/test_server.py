@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,21 +13,16 @@ import mlflow
 import pytest
 import yaml
 
+from tests.conftest import free_port
 from vaelab.callbacks import read_history
 from vaelab.train import output_paths, state_dir
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MlflowServer:
     """`mlflow server` on 127.0.0.1 with a SQLite backend and proxied artifacts."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, _free_port(), None
+        self.root, self.port, self.proc = root, free_port(), None
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:

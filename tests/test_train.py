@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.conftest import free_port
 from vaelab.callbacks import read_history
 from vaelab.input_pipeline import training_dataset
 from vaelab.model import build_vae
@@ -211,13 +212,9 @@ def test_corrupted_prepared_data_stops_the_stage_cleanly(tiny_workdir, victim, f
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(tiny_workdir, monkeypatch):
-    import socket
-
     from vaelab.errors import VaelabError
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     params = tiny_workdir()
     started = time.monotonic()

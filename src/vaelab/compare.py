@@ -94,7 +94,7 @@ def collect(experiment: str, sweep: str | None = None) -> list[RunRow]:
     return rows
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return "missing"
     if isinstance(value, float):
@@ -107,14 +107,14 @@ def table_csv(rows: list[RunRow]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["run_id"] + [header for header, _, _ in COLUMNS])
     for row in rows:
-        writer.writerow([row.run_id] + [_cell(row.values[h]) for h, _, _ in COLUMNS])
+        writer.writerow([row.run_id] + [cell(row.values[h]) for h, _, _ in COLUMNS])
     return out.getvalue()
 
 
 def table_markdown(rows: list[RunRow]) -> str:
     headers = [header for header, _, _ in COLUMNS]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_cell(row.values[h]) for h in headers) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row.values[h]) for h in headers) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
