@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from tests.conftest import run
+from vaelab.callbacks import read_history
 from vaelab.prepare import load_prepared, read_meta
 
 
@@ -35,3 +43,45 @@ def test_dvc_repro_whole_pipeline(project, real_mirror):
     assert "latent_accuracy" in shown and "val_neg_elbo" in shown
     run(["dvc", "plots", "show", "-o", "plots"], project)
     assert (project / "plots" / "index.html").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_sigkill_during_dvc_repro_then_dvc_repro_resumes(project, real_mirror):
+    env = {"VAELAB_MNIST_MIRROR": str(real_mirror)}
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(epochs=10)
+    params["train"]["early_stopping"]["enabled"] = False
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "prepare"], project, env)
+    full_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train"],
+        cwd=project,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while True:
+        histories = list(project.glob(".vaelab/train-*/history.csv"))
+        if histories and len(read_history(histories[0])) >= 3:
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended early"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the training process under it
+    proc.wait()
+    done = len(read_history(histories[0]))
+    assert done < 10 and not (project / "results/train/history.csv").exists()
+
+    out = run(["dvc", "repro", "train"], project, env)
+    assert "resuming MLflow run" in out
+    assert out.count("Epoch ") <= 10 - done + 1
+    rows = read_history(project / "results/train/history.csv")
+    assert [r["epoch"] for r in rows] == list(range(1, 11))
+    run_id = json.loads((project / "results/train/run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == list(range(1, 11))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_experiment_by_name("vaelab").experiment_id])) == 1
