@@ -31,8 +31,14 @@ start() {
   artifacts=${VAELAB_ARTIFACTS:-$dir/artifacts}
   case "$artifacts" in *://*) ;; *) mkdir -p "$artifacts" ;; esac
   mkdir -p "$dir"
+  cd "$dir"  # commands run as the postgres user start in a folder it can enter
   if [ ! -s "$dir/pgpassword" ]; then
     (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/pgpassword")
+  fi
+  if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$dir"; then
+    echo "the postgres system user cannot reach $dir (a parent folder is private):" \
+      "set VAELAB_SERVER_DIR to a folder under a world-traversable path" >&2
+    exit 1
   fi
   if [ ! -d "$dir/pgdata" ]; then
     mkdir -p "$dir/pgdata"
@@ -70,6 +76,7 @@ start() {
 }
 
 stop() {
+  cd "$dir" 2>/dev/null || return 0
   if [ -s "$dir/mlflow.pid" ]; then
     kill "$(cat "$dir/mlflow.pid")" 2>/dev/null || true
     rm -f "$dir/mlflow.pid"

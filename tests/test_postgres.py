@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -21,14 +22,19 @@ def tracking_server(tmp_path):
         pytest.skip(
             "PostgreSQL is not installed (apt-get install postgresql); `make test` installs it"
         )
+    # Not under pytest's private tmp_path: as root, PostgreSQL runs as the postgres user,
+    # which must be able to reach its data folder.
+    server_dir = Path(tempfile.mkdtemp(prefix="vaelab-server-"))
+    server_dir.chmod(0o755)
     env = {
-        "VAELAB_SERVER_DIR": str(tmp_path / "server"),
+        "VAELAB_SERVER_DIR": str(server_dir),
         "VAELAB_SERVER_PORT": str(free_port()),
         "VAELAB_PG_PORT": str(free_port()),
     }
     uri = run(["bash", str(SCRIPT), "start"], tmp_path, env, timeout=300).strip().splitlines()[-1]
     yield uri
     run(["bash", str(SCRIPT), "stop"], tmp_path, env)
+    shutil.rmtree(server_dir, ignore_errors=True)
 
 
 def test_two_trainings_at_once_against_postgres_server(project, real_mirror, tracking_server):
