@@ -20,8 +20,11 @@ from vaelab.atomic import write_text
 VARIANTS: dict[str, list[str]] = {
     "default": [],
     "augment-digit-safe": ["prepare.augment.enabled=true"],
-    "augment-tutorial-flips": ["prepare.augment.enabled=true", "prepare.augment.shear=0.2",
-                               "prepare.augment.horizontal_flip=true"],
+    "augment-tutorial-flips": [
+        "prepare.augment.enabled=true",
+        "prepare.augment.shear=0.2",
+        "prepare.augment.horizontal_flip=true",
+    ],
     "lr-constant": ["train.lr_schedule.name=constant"],
     "lr-exponential": ["train.lr_schedule.name=exponential"],
     "rmsprop": ["train.optimizer.name=rmsprop"],
@@ -36,8 +39,14 @@ VARIANTS: dict[str, list[str]] = {
     "gaussian-mse": ["train.likelihood.kind=gaussian"],
     "static-binarization": ["prepare.binarize=static"],
 }
-COLUMNS = ["test_nll", "test_neg_elbo", "test_active_units", "test_recon_mse_grayscale",
-           "best_train_seconds", "best_epochs"]
+COLUMNS = [
+    "test_nll",
+    "test_neg_elbo",
+    "test_active_units",
+    "test_recon_mse_grayscale",
+    "best_train_seconds",
+    "best_epochs",
+]
 
 
 def main() -> None:
@@ -46,15 +55,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", "-j", type=int, default=1)
     parser.add_argument("--only", help="comma-separated variant names")
-    parser.add_argument("-S", "--set-param", action="append", default=[],
-                        help="applied to every variant, e.g. train.epochs=10 for a quick look")
+    parser.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        help="applied to every variant, e.g. train.epochs=10 for a quick look",
+    )
     args = parser.parse_args()
     chosen = args.only.split(",") if args.only else list(VARIANTS)
     env = {**os.environ, tracking.SWEEP_ENV: "ablation"}
     for name in chosen:
         overrides = [*args.set_param, *VARIANTS[name]]
-        sweep.dvc("exp", "run", "--queue", "-f", "-n", f"abl-{name}",
-                  *[a for o in overrides for a in ("-S", o)], env=env)
+        sweep.dvc(
+            "exp",
+            "run",
+            "--queue",
+            "-f",
+            "-n",
+            f"abl-{name}",
+            *[a for o in overrides for a in ("-S", o)],
+            env=env,
+        )
     sweep.dvc("queue", "start", "-j", str(args.jobs), env=env)
     sweep.wait_for_queue(args.jobs, env)
     ids = sweep.experiment_run_ids([f"abl-{name}" for name in chosen])

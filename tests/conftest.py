@@ -108,7 +108,16 @@ def project(tmp_path: Path, real_mirror: Path) -> Path:
     """A fresh git + DVC repository holding this project's pipeline, on a small subset."""
     repo = tmp_path / "project"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "MLproject", "python_env.yaml", ".gitignore"):
+    for name in (
+        "dvc.yaml",
+        "params.yaml",
+        "MLproject",
+        "python_env.yaml",
+        ".gitignore",
+        "pyproject.toml",
+        "requirements.lock",
+        "README.md",
+    ):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -78,9 +78,8 @@ def _png(path):
     return path
 
 
-def test_compare_report_shows_failed_run_as_missing(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def _synthetic_store(tmp_path):
+    """A store with two finished runs of sweep s1, one failed, and one of another sweep."""
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("vaelab", (tmp_path / "art").as_uri())
     for beta, rate in ((0.5, 40.0), (4.0, 10.0)):
@@ -109,6 +108,13 @@ def test_compare_report_shows_failed_run_as_missing(tmp_path, monkeypatch):
     with mlflow.start_run(experiment_id=experiment, tags={"sweep": "other"}):
         pass
 
+    return experiment
+
+
+def test_compare_report_shows_failed_run_as_missing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = _synthetic_store(tmp_path)
     compare.main(["--experiment", "vaelab", "--sweep", "s1", "--out", "report"])
     rows = (tmp_path / "report" / "runs.csv").read_text().splitlines()
     assert len(rows) == 4
@@ -198,3 +204,35 @@ def test_old_model_back_from_git_and_dvc(project, real_mirror, tmp_path):
     run_id = json.loads(run(["git", "show", f"{first}:results/train/run.json"], project))["run_id"]
     found = _store(project).get_run(run_id)
     assert found.data.params["train.kl.beta"] == "1.0"
+
+
+@pytest.mark.slow
+def test_mlproject_compare_entry_point_in_a_virtualenv(project):
+    """`--env-manager virtualenv` builds its environment from python_env.yaml; the project
+    run `mlflow run` creates is the comparison run."""
+    _synthetic_store(project)
+    run(
+        [
+            "mlflow",
+            "run",
+            ".",
+            "-e",
+            "compare",
+            "-P",
+            "sweep=s1",
+            "--env-manager",
+            "virtualenv",
+            "--experiment-name",
+            "vaelab",
+        ],
+        project,
+        {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"},
+        timeout=1200,
+    )
+    assert len((project / "reports/compare/runs.csv").read_text().splitlines()) == 4
+    client = _store(project)
+    experiment = client.get_experiment_by_name("vaelab").experiment_id
+    (comparison,) = client.search_runs([experiment], f"tags.`{compare.KIND_TAG}` = 'comparison'")
+    assert comparison.data.tags["mlflow.project.entryPoint"] == "compare"
+    assert comparison.data.tags["mlflow.project.env"] == "virtualenv"
+    assert client.list_artifacts(comparison.info.run_id, "comparison")

@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,12 +234,17 @@ def main(argv: list[str] | None = None) -> None:
             + f" at {mlflow.get_tracking_uri()}"
         )
     paths = write_report(rows, args.out)
-    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=f"comparison {args.sweep or ''}",
-        tags={KIND_TAG: "comparison", **({"sweep": args.sweep} if args.sweep else {})},
-    ):
+    # Under `mlflow run -e compare` the project's run is the comparison run.
+    adopted = os.environ.pop("MLFLOW_RUN_ID", None)
+    if adopted:
+        active = mlflow.start_run(run_id=adopted)
+    else:
+        experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+        active = mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"comparison {args.sweep or ''}".strip()
+        )
+    with active:
+        mlflow.set_tags({KIND_TAG: "comparison", **({"sweep": args.sweep} if args.sweep else {})})
         for path in paths:
             mlflow.log_artifact(str(path), artifact_path="comparison")
     print(table_markdown(rows))

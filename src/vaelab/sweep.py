@@ -107,10 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     params = load_params()
 
+    # The mlflow-run project run, if any, becomes the parent; nothing else may log into it.
+    adopted = os.environ.pop("MLFLOW_RUN_ID", None)
     env = dict(os.environ)
     root = tracking.project_root(env)
     mlflow.set_tracking_uri(tracking.tracking_uri(env))
-    adopted = env.pop("MLFLOW_RUN_ID", None)  # the mlflow-run project run, if any
     if adopted:
         parent = mlflow.start_run(run_id=adopted)
     else:
