@@ -37,8 +37,6 @@ def test_run_name_says_what_differs():
         {"train": {"kl": {"beta": 4, "schedule": "cyclical", "free_bits": 0.5}}}
     )
     assert run_name(params) == "beta=4 cyclical fb=0.5, mlp z=32"
-    hybrid = {"train": {"architecture": {"kind": "conv", "decoder": "mlp"}}}
-    assert run_name(Params.model_validate(hybrid)) == "beta=1 linear, conv-mlp z=32"
     named = Params.model_validate({"train": {"run_name": "my run"}})
     assert run_name(named) == "my run"
 

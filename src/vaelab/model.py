@@ -63,7 +63,7 @@ def build_decoder(arch: Architecture) -> keras.Model:
     """Maps z to per-pixel logits of shape 28x28x1."""
     inputs = keras.Input((arch.latent_dim,), name="z")
     x = inputs
-    if arch.decoder_kind == "mlp":
+    if arch.kind == "mlp":
         for units in reversed(arch.hidden):
             x = _block(x, layers.Dense(units), arch)
         x = layers.Dense(28 * 28)(x)

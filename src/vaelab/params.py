@@ -92,9 +92,6 @@ class Prepare(Section):
 
 class Architecture(Section):
     kind: Literal["mlp", "conv"] = "mlp"
-    decoder: Literal["mlp", "conv"] | None = Field(
-        None, description="decoder kind; null = same as kind (conv-mlp keeps k=5000 cheap on CPU)"
-    )
     hidden: list[typing.Annotated[int, Field(ge=1, le=8192)]] = Field(
         default_factory=lambda: [512, 512], min_length=1, max_length=8
     )
@@ -108,10 +105,6 @@ class Architecture(Section):
     latent_dim: int = Field(32, ge=1, le=512)
     activation: Literal["relu", "elu", "gelu", "tanh", "swish", "leaky_relu"] = "relu"
     batch_norm: bool = False
-
-    @property
-    def decoder_kind(self) -> str:
-        return self.decoder or self.kind
 
 
 class Likelihood(Section):

@@ -102,8 +102,7 @@ def run_name(params: Params) -> str:
     name = f"beta={kl.beta:g} {kl.schedule}"
     if kl.free_bits:
         name += f" fb={kl.free_bits:g}"
-    kinds = arch.kind if arch.decoder_kind == arch.kind else f"{arch.kind}-{arch.decoder_kind}"
-    return f"{name}, {kinds} z={arch.latent_dim}"
+    return f"{name}, {arch.kind} z={arch.latent_dim}"
 
 
 def start_training_run(
