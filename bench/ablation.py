@@ -82,13 +82,12 @@ def main() -> None:
     ids = sweep.experiment_run_ids([f"abl-{name}" for name in chosen])
     mlflow.set_tracking_uri(tracking.tracking_uri())
     client = mlflow.MlflowClient()
-    lines = ["| variant | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    rows = []
     for name in chosen:
         run_id = ids.get(f"abl-{name}")
         metrics = client.get_run(run_id).data.metrics if run_id else {}
-        cells = [compare.cell(metrics.get(c)) for c in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
+        rows.append([name, *(metrics.get(c) for c in COLUMNS)])
+    table = compare.markdown(["variant", *COLUMNS], rows)
     write_text("reports/ablation.md", table)
     print(table)
 

@@ -120,6 +120,9 @@ def test_compare_report_shows_failed_run_as_missing(tmp_path, monkeypatch):
     assert len(rows) == 4
     failed = next(r for r in rows if "beta=8" in r)
     assert "FAILED" in failed and failed.count("missing") >= 5
+    table = (tmp_path / "report" / "runs.md").read_text().splitlines()
+    assert len(table) == 5 and table[1].count("---|") == len(compare.COLUMNS)
+    assert "missing" in next(line for line in table if "beta=8" in line)
     for name in ("rate_distortion", "validation_curves", "samples_side_by_side"):
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 5000
     comparison = mlflow.search_runs(

@@ -112,11 +112,16 @@ def table_csv(rows: list[RunRow]) -> str:
     return out.getvalue()
 
 
+def markdown(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table; None shows as missing."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def table_markdown(rows: list[RunRow]) -> str:
     headers = [header for header, _, _ in COLUMNS]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(row.values[h]) for h in headers) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown(headers, [[row.values[h] for h in headers] for row in rows])
 
 
 def rate_distortion(rows: list[RunRow]) -> plt.Figure:
