@@ -1,12 +1,13 @@
 """The training tricks, measured: switch each off (or to the tutorial's variant) one at a time
 from the default profile, as DVC experiments, and tabulate the test metrics.
 
-    python bench/ablation.py [--jobs 1] [--only NAME,NAME] [-S extra override ...]
+    python bench/ablation.py [--jobs 1] [--only NAME,NAME] [-S extra override ...] [--report]
 
 Every variant is a `dvc exp run --queue -n abl-<name>` with its overrides (shown by
 `dvc exp show`), all tagged sweep=ablation in MLflow; the table goes to
 reports/ablation.md. Likelihood-based numbers are only comparable between Bernoulli runs:
-for the Gaussian (MSE) variant read recon_mse_grayscale instead.
+for the Gaussian (MSE) variant read recon_mse_grayscale instead. A variant whose experiment
+failed (e.g. diverged) shows as missing. ``--report`` only re-tabulates finished experiments.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ VARIANTS: dict[str, list[str]] = {
     "lr-exponential": ["train.lr_schedule.name=exponential"],
     "rmsprop": ["train.optimizer.name=rmsprop"],
     "sgd-momentum": ["train.optimizer.name=sgd", "train.optimizer.learning_rate=0.01"],
+    "sgd-momentum-lr1e-3": ["train.optimizer.name=sgd"],
     "batch-norm": ["train.architecture.batch_norm=true"],
     "no-early-stopping": ["train.early_stopping.enabled=false"],
     "no-kl-warmup": ["train.kl.schedule=constant"],
@@ -49,24 +51,11 @@ COLUMNS = [
 ]
 
 
-def main() -> None:
-    import mlflow
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", "-j", type=int, default=1)
-    parser.add_argument("--only", help="comma-separated variant names")
-    parser.add_argument(
-        "-S",
-        "--set-param",
-        action="append",
-        default=[],
-        help="applied to every variant, e.g. train.epochs=10 for a quick look",
-    )
-    args = parser.parse_args()
-    chosen = args.only.split(",") if args.only else list(VARIANTS)
+def run_variants(chosen: list[str], set_params: list[str], jobs: int) -> None:
+    """Queue one DVC experiment per variant and run the queue with ``jobs`` workers."""
     env = {**os.environ, tracking.SWEEP_ENV: "ablation"}
     for name in chosen:
-        overrides = [*args.set_param, *VARIANTS[name]]
+        overrides = [*set_params, *VARIANTS[name]]
         sweep.dvc(
             "exp",
             "run",
@@ -77,9 +66,13 @@ def main() -> None:
             *[a for o in overrides for a in ("-S", o)],
             env=env,
         )
-    sweep.dvc("queue", "start", "-j", str(args.jobs), env=env)
-    sweep.wait_for_queue(args.jobs, env)
-    ids = sweep.experiment_run_ids([f"abl-{name}" for name in chosen])
+    sweep.dvc("queue", "start", "-j", str(jobs), env=env)
+    sweep.wait_for_queue(jobs, env)
+
+
+def tabulate(chosen: list[str], ids: dict[str, str]) -> str:
+    import mlflow
+
     mlflow.set_tracking_uri(tracking.tracking_uri())
     client = mlflow.MlflowClient()
     rows = []
@@ -87,7 +80,27 @@ def main() -> None:
         run_id = ids.get(f"abl-{name}")
         metrics = client.get_run(run_id).data.metrics if run_id else {}
         rows.append([name, *(metrics.get(c) for c in COLUMNS)])
-    table = compare.markdown(["variant", *COLUMNS], rows)
+    return compare.markdown(["variant", *COLUMNS], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", "-j", type=int, default=1)
+    parser.add_argument("--only", help="comma-separated variant names")
+    parser.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        help="applied to every variant, e.g. train.epochs=10 for a quick look",
+    )
+    parser.add_argument("--report", action="store_true", help="tabulate, run nothing")
+    args = parser.parse_args()
+    chosen = args.only.split(",") if args.only else list(VARIANTS)
+    if not args.report:
+        run_variants(chosen, args.set_param, args.jobs)
+    ids = sweep.experiment_run_ids([f"abl-{name}" for name in chosen])
+    table = tabulate(chosen, ids)
     write_text("reports/ablation.md", table)
     print(table)
 
