@@ -49,7 +49,8 @@ def test_a_copy_of_the_repository_runs_its_own_code(project, real_mirror):
     # Queued DVC experiments run in temporary copies; with an editable install they would
     # import the workspace's src/ instead of the code the experiment was queued with.
     stage = project / "src/vaelab/stages/fetch.py"
-    stage.write_text(stage.read_text().replace("def main(", "print('code of this copy')\n\n\ndef main("))
+    marker = "print('code of this copy')\n\n\ndef main("
+    stage.write_text(stage.read_text().replace("def main(", marker))
     out = run(["dvc", "repro", "fetch"], project, {"VAELAB_MNIST_MIRROR": str(real_mirror)})
     assert "code of this copy" in out
 
