@@ -87,21 +87,13 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         return [row for row in self.history.rows if row["epoch"] > self.logged_upto]
 
     def flush(self) -> None:
-        import mlflow
-        from mlflow.entities import Metric
+        from vaelab.outbox import Delivery, send
 
         rows = self.pending()
         if not rows:
             return
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(key, value, now, int(row["epoch"]))
-            for row in rows
-            for key, value in row.items()
-            if key != "epoch"
-        ]
         try:
-            mlflow.MlflowClient().log_batch(self.run_id, metrics=metrics)
+            send(Delivery(self.run_id, rows=rows))
         except Exception as exc:  # any tracking failure must not stop training
             print(f"warning: MLflow logging failed, will retry: {exc}", file=sys.stderr)
             return

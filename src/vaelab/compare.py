@@ -15,7 +15,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,14 +239,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     paths = write_report(rows, args.out)
     # Under `mlflow run -e compare` the project's run is the comparison run.
-    adopted = os.environ.pop("MLFLOW_RUN_ID", None)
-    if adopted:
-        active = mlflow.start_run(run_id=adopted)
-    else:
-        experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
-        active = mlflow.start_run(
-            experiment_id=experiment_id, run_name=f"comparison {args.sweep or ''}".strip()
-        )
+    active = tracking.start_command_run(
+        experiment, f"comparison {args.sweep or ''}".strip(), tracking.project_root()
+    )
     with active:
         mlflow.set_tags({KIND_TAG: "comparison", **({"sweep": args.sweep} if args.sweep else {})})
         for path in paths:

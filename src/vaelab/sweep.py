@@ -75,14 +75,12 @@ def experiment_run_ids(names: list[str]) -> dict[str, str]:
     found = {}
     for name in names:
         ref = next((r for r in refs if r.endswith(f"/{name}")), None)
-        shown = (
-            subprocess.run(
-                ["git", "show", f"{ref}:results/train/run.json"], capture_output=True, text=True
-            )
-            if ref
-            else None
+        if ref is None:
+            continue
+        shown = subprocess.run(
+            ["git", "show", f"{ref}:results/train/run.json"], capture_output=True, text=True
         )
-        if shown is not None and shown.returncode == 0:
+        if shown.returncode == 0:
             found[name] = json.loads(shown.stdout)["run_id"]
     return found
 
@@ -107,16 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     params = load_params()
 
-    # The mlflow-run project run, if any, becomes the parent; nothing else may log into it.
-    adopted = os.environ.pop("MLFLOW_RUN_ID", None)
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    # The mlflow-run project run, if any, becomes the parent (and leaves the environment
+    # before it is passed to the experiments).
+    parent = tracking.start_command_run(
+        params.base.experiment, f"sweep {name}", tracking.project_root()
+    )
     env = dict(os.environ)
-    root = tracking.project_root(env)
-    mlflow.set_tracking_uri(tracking.tracking_uri(env))
-    if adopted:
-        parent = mlflow.start_run(run_id=adopted)
-    else:
-        experiment_id = tracking.ensure_experiment(params.base.experiment, root)
-        parent = mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {name}")
     with parent:
         mlflow.set_tags({"sweep": name, compare.KIND_TAG: "sweep"})
         mlflow.log_param("sweep.overrides", " ".join(args.set_param))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
@@ -151,6 +152,18 @@ def start_training_run(
     return run_id
 
 
+def start_command_run(experiment: str, run_name: str, root: Path):
+    """The fluent run a command (compare, sweep) logs into: the one `mlflow run` created for
+    it, or a new one in ``experiment``. ``$MLFLOW_RUN_ID`` is removed from the environment so
+    that nothing started later (a subprocess, another run) logs into it by accident."""
+    import mlflow
+
+    adopted = os.environ.pop("MLFLOW_RUN_ID", None)
+    if adopted:
+        return mlflow.start_run(run_id=adopted)
+    return mlflow.start_run(experiment_id=ensure_experiment(experiment, root), run_name=run_name)
+
+
 def last_logged_epoch(run_id: str) -> int:
     """The last epoch whose metrics are in the run (0 for a new run)."""
     import mlflow
@@ -162,8 +175,6 @@ def last_logged_epoch(run_id: str) -> int:
 
 def end_run_quietly(run_id: str, status: str) -> None:
     """Mark the run ended; a store that does not answer is only reported."""
-    import sys
-
     import mlflow
 
     try:
