@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from vaelab import compare, sweep, tracking
-from vaelab.atomic import write_text
+from vaelab.core.atomic import write_text
+from vaelab.core.params import load_params
+from vaelab.core.paths import REPORTS, Artifacts
+from vaelab.experiments import compare, sweep
+from vaelab.tracking.runs import SWEEP_ENV
+from vaelab.tracking.store import connect
 
 VARIANTS: dict[str, list[str]] = {
     "default": [],
@@ -53,7 +57,7 @@ COLUMNS = [
 
 def run_variants(chosen: list[str], set_params: list[str], jobs: int) -> None:
     """Queue one DVC experiment per variant and run the queue with ``jobs`` workers."""
-    env = {**os.environ, tracking.SWEEP_ENV: "ablation"}
+    env = {**os.environ, SWEEP_ENV: "ablation"}
     for name in chosen:
         overrides = [*set_params, *VARIANTS[name]]
         sweep.dvc(
@@ -73,7 +77,7 @@ def run_variants(chosen: list[str], set_params: list[str], jobs: int) -> None:
 def tabulate(chosen: list[str], ids: dict[str, str]) -> str:
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    connect(require=True)
     client = mlflow.MlflowClient()
     rows = []
     for name in chosen:
@@ -99,9 +103,10 @@ def main() -> None:
     chosen = args.only.split(",") if args.only else list(VARIANTS)
     if not args.report:
         run_variants(chosen, args.set_param, args.jobs)
-    ids = sweep.experiment_run_ids([f"abl-{name}" for name in chosen])
+    run_file = Artifacts.of(load_params()).train_run
+    ids = sweep.experiment_run_ids([f"abl-{name}" for name in chosen], run_file)
     table = tabulate(chosen, ids)
-    write_text("reports/ablation.md", table)
+    write_text(REPORTS / "ablation.md", table)
     print(table)
 
 

@@ -29,11 +29,11 @@ def measure(architecture: dict, x: np.ndarray) -> tuple[float, float]:
     """(microseconds per decoded sample, seconds per 50,000-image epoch)."""
     import keras
 
-    from vaelab.model import build_vae
-    from vaelab.optim import build_optimizer
-    from vaelab.params import Params
+    from vaelab.core.params import load_params
+    from vaelab.model.vae import build_vae
+    from vaelab.training.optim import build_optimizer
 
-    params = Params.model_validate({"train": {"architecture": architecture}})
+    params = load_params().replace({"train": {"architecture": architecture}})
     vae = build_vae(params.train, seed=0)
     z = np.random.default_rng(0).standard_normal((10_000, params.train.architecture.latent_dim))
     z = z.astype("float32")
@@ -61,10 +61,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6400)
     args = parser.parse_args()
 
-    from vaelab.params import load_params
-    from vaelab.prepare import load_prepared
+    from vaelab.core.params import load_params
+    from vaelab.core.paths import Artifacts
+    from vaelab.data.prepared import load_prepared
 
-    x, _ = load_prepared(load_params().base.paths.prepared, "train")
+    x, _ = load_prepared(Artifacts.of(load_params()), "train")
     x = x[: args.images]
     x = (np.random.default_rng(0).random(x.shape, dtype=np.float32) < x).astype("float32")
     print(f"{'architecture':<30} {'us/sample':>10} {'k=5000 eval, min':>17} {'s/epoch':>8}")

@@ -18,14 +18,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,2500,10000")
     args = parser.parse_args()
 
-    from vaelab.evaluate import load_vae
-    from vaelab.likelihood import estimate
-    from vaelab.params import load_params
-    from vaelab.prepare import model_data
+    from vaelab.core.params import load_params
+    from vaelab.core.paths import Artifacts
+    from vaelab.data.prepared import model_data
+    from vaelab.evaluation.likelihood import estimate
+    from vaelab.model.io import load_vae
 
-    params = load_params()
-    vae = load_vae(params)
-    x, _ = model_data(params.base.paths.prepared, "test")
+    paths = Artifacts.of(params := load_params())
+    vae = load_vae(paths.model)
+    x, _ = model_data(paths, "test")
     estimate(vae, x[:100], 10, progress=False)  # trace once
     print(f"{'k':>6} {'images':>7} {'seconds':>8} {'us per image-sample':>20} {'NLL':>8}")
     for k in (int(v) for v in args.ks.split(",")):

@@ -2,7 +2,7 @@
 
     python bench/throughput.py [--images 20000] [--epochs 4]
 
-The stage is measured through `vaelab.train.train` itself (tf.data pipeline with shuffling
+The stage is measured through `vaelab.training.loop.train` itself (tf.data pipeline with shuffling
 and dynamic binarization, KL schedule, checkpoints, BackupAndRestore, history, MLflow
 logging, and a validation pass of 5% of the images inside each timed epoch); the bare loop
 is `model.fit` on the same images as NumPy arrays. The two alternate for ``--rounds`` rounds
@@ -23,12 +23,13 @@ import numpy as np
 
 
 def stage_throughput(params, workdir: Path) -> float:
-    from vaelab.callbacks import read_history
-    from vaelab.train import output_paths, train
+    from vaelab.core.paths import Artifacts
+    from vaelab.training.history import read_history
+    from vaelab.training.loop import train
 
     os.chdir(workdir)
     train(params)
-    rows = read_history(output_paths(params)["history"])[1:]
+    rows = read_history(Artifacts.of(params).train_history)[1:]
     return params.prepare.train_size * len(rows) / sum(r["epoch_time"] for r in rows)
 
 
@@ -50,8 +51,8 @@ class _EpochTimer:
 def bare_throughput(params, x: np.ndarray) -> float:
     """Plain ``model.fit`` on in-memory arrays (Keras shuffles them each epoch), statically
     binarized once, no validation, no callbacks but a timer."""
-    from vaelab.model import build_vae
-    from vaelab.optim import build_optimizer
+    from vaelab.model.vae import build_vae
+    from vaelab.training.optim import build_optimizer
 
     cfg = params.train
     vae = build_vae(cfg, params.base.seed)
@@ -77,46 +78,33 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    from vaelab.params import load_params
-    from vaelab.prepare import load_prepared, prepare
+    from vaelab.core.params import load_params
+    from vaelab.core.paths import Artifacts
+    from vaelab.data.prepare import prepare
+    from vaelab.data.prepared import load_prepared
 
     root = Path(args.params).resolve().parent
     base = load_params(args.params)
     val = max(100, args.images // 20)
-    params = base.model_validate(
+    params = base.replace(
         {
-            **base.model_dump(),
-            "prepare": {**base.prepare.model_dump(), "subset": args.images + val, "val_size": val},
-            "train": {
-                **base.train.model_dump(),
-                "epochs": args.epochs,
-                "early_stopping": {**base.train.early_stopping.model_dump(), "enabled": False},
-            },
+            "base": {"paths": {"raw": str(root / base.base.paths.raw)}},
+            "prepare": {"subset": args.images + val, "val_size": val},
+            "train": {"epochs": args.epochs, "early_stopping": {"enabled": False}},
         }
     )
+    paths = Artifacts.of(params)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        params = params.model_validate(
-            {
-                **params.model_dump(),
-                "base": {
-                    **params.base.model_dump(),
-                    "paths": {
-                        **params.base.paths.model_dump(),
-                        "raw": str(root / params.base.paths.raw),
-                    },
-                },
-            }
-        )
         os.chdir(work)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        prepare(params.base.paths.raw, params.base.paths.prepared, params.prepare, params.base.seed)
-        x, _ = load_prepared(params.base.paths.prepared, "train")
+        prepare(paths, params.prepare, params.base.seed)
+        x, _ = load_prepared(paths, "train")
         bare, stage = [], []
         for _ in range(args.rounds):
             bare.append(bare_throughput(params, x))
             stage.append(stage_throughput(params, work))
-            shutil.rmtree(work / "results")
+            shutil.rmtree(work / paths.results)
         bare, stage = float(np.median(bare)), float(np.median(stage))
     arch = params.train.architecture
     print(

@@ -7,22 +7,51 @@
 #   scripts/tracking_server.sh stop
 #
 # Settings from the environment: VAELAB_SERVER_DIR (default .vaelab/server), VAELAB_SERVER_PORT
-# (5000), VAELAB_PG_PORT (5433), VAELAB_ARTIFACTS (default $VAELAB_SERVER_DIR/artifacts; an
-# s3://bucket/path for a team, with AWS_* / MLFLOW_S3_ENDPOINT_URL in the environment),
-# VAELAB_SERVER_HOST (127.0.0.1; set it deliberately to serve a network, and put MLflow's
-# basic-auth app and TLS in front: see the README). The database password is generated on first start and kept in
-# $VAELAB_SERVER_DIR/pgpassword (mode 600); it is passed to MLflow through PGPASSWORD, never on
-# a command line or in params.yaml.
+# (5000), VAELAB_PG_PORT (5433), VAELAB_PG_BIN (PostgreSQL's bin folder; default the newest
+# installed), VAELAB_ARTIFACTS (default $VAELAB_SERVER_DIR/artifacts; an s3://bucket/path for a
+# team, with AWS_* / MLFLOW_S3_ENDPOINT_URL in the environment), VAELAB_SERVER_HOST (127.0.0.1)
+# and VAELAB_SERVER_AUTH (empty, or "basic" for MLflow's basic-auth app).
+#
+# Any host but a loopback one needs VAELAB_SERVER_AUTH=basic: the script refuses to serve a
+# network without authentication. With it, the admin password (user "admin") and the Flask
+# secret key are generated on first start and kept in $VAELAB_SERVER_DIR (mode 600); clients set
+# MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD. Only the Host headers of this server are
+# accepted (--allowed-hosts). Put TLS in front (a reverse proxy) before sending passwords over a
+# network. The database password is generated too and reaches MLflow through PGPASSWORD, never a
+# command line or params.yaml.
 set -euo pipefail
 
 action=${1:?usage: $0 start|stop}
 dir=$(realpath -m "${VAELAB_SERVER_DIR:-.vaelab/server}")
 port=${VAELAB_SERVER_PORT:-5000}
 host=${VAELAB_SERVER_HOST:-127.0.0.1}
+auth=${VAELAB_SERVER_AUTH:-}
 pg_port=${VAELAB_PG_PORT:-5433}
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+
+case "$auth" in
+  "" | basic) ;;
+  *) echo "VAELAB_SERVER_AUTH=$auth: use 'basic' (MLflow's basic-auth app) or leave it empty" >&2
+     exit 1 ;;
+esac
+case "$host" in
+  127.* | localhost | ::1) ;;
+  *) if [ "$action" = start ] && [ "$auth" != basic ]; then
+       echo "refusing to serve $host:$port without authentication: anyone who reaches it could" \
+         "read or delete runs. Set VAELAB_SERVER_AUTH=basic (MLflow's basic-auth app, admin" \
+         "password generated into $dir/admin-password), or serve 127.0.0.1" >&2
+       exit 1
+     fi ;;
+esac
+
+pgbin=${VAELAB_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
 [ -n "$pgbin" ] || { echo "PostgreSQL is not installed: apt-get install postgresql" >&2; exit 1; }
 mlflow=$(command -v mlflow) || { echo "mlflow not on PATH: activate .venv" >&2; exit 1; }
+
+secret() {  # a new random secret in file $1 (mode 600), unless it already holds one
+  if [ ! -s "$1" ]; then
+    (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$1")
+  fi
+}
 
 # initdb refuses to run as root: as root the cluster belongs to the postgres system user.
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -32,9 +61,7 @@ start() {
   case "$artifacts" in *://*) ;; *) mkdir -p "$artifacts" ;; esac
   mkdir -p "$dir"
   cd "$dir"  # commands run as the postgres user start in a folder it can enter
-  if [ ! -s "$dir/pgpassword" ]; then
-    (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/pgpassword")
-  fi
+  secret "$dir/pgpassword"
   if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$dir"; then
     echo "the postgres system user cannot reach $dir (a parent folder is private):" \
       "set VAELAB_SERVER_DIR to a folder under a world-traversable path" >&2
@@ -44,8 +71,13 @@ start() {
     mkdir -p "$dir/pgdata"
     cp "$dir/pgpassword" "$dir/pgdata.pw"
     if [ "$(id -u)" = 0 ]; then chown postgres "$dir/pgdata" "$dir/pgdata.pw"; fi
-    as_pg "$pgbin/initdb" -D "$dir/pgdata" -U mlflow --pwfile="$dir/pgdata.pw" \
-      --auth=scram-sha-256 >"$dir/initdb.log"
+    if ! as_pg "$pgbin/initdb" -D "$dir/pgdata" -U mlflow --pwfile="$dir/pgdata.pw" \
+      --auth=scram-sha-256 >"$dir/initdb.log" 2>&1; then
+      rm -rf "$dir/pgdata" "$dir/pgdata.pw" "$dir/pgpassword"
+      echo "initdb failed (see $dir/initdb.log); nothing of the cluster or its password is" \
+        "left behind" >&2
+      exit 1
+    fi
     rm -f "$dir/pgdata.pw"
   fi
   if ! as_pg "$pgbin/pg_ctl" -D "$dir/pgdata" status >/dev/null 2>&1; then
@@ -57,8 +89,26 @@ start() {
   "$pgbin/psql" -h 127.0.0.1 -p "$pg_port" -U mlflow -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'mlflow'" | grep -q 1 ||
     "$pgbin/createdb" -h 127.0.0.1 -p "$pg_port" -U mlflow mlflow
+  app=()
+  if [ "$auth" = basic ]; then
+    secret "$dir/admin-password"
+    secret "$dir/secret-key"
+    cat >"$dir/basic_auth.ini" <<INI
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///$dir/basic_auth.db
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+    export MLFLOW_AUTH_CONFIG_PATH="$dir/basic_auth.ini"
+    MLFLOW_AUTH_ADMIN_PASSWORD=$(cat "$dir/admin-password")
+    MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$dir/secret-key")
+    export MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY
+    app=(--app-name basic-auth)
+  fi
   MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://mlflow@127.0.0.1:$pg_port/mlflow" \
-    nohup "$mlflow" server --host "$host" --port "$port" --workers 2 \
+    nohup "$mlflow" server --host "$host" --port "$port" --workers 2 "${app[@]}" \
+      --allowed-hosts "$host:$port,$host,localhost:$port,127.0.0.1:$port" \
       --artifacts-destination "$artifacts" >"$dir/mlflow.log" 2>&1 &
   echo $! >"$dir/mlflow.pid"
   for _ in $(seq 240); do

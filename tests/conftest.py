@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import yaml
 
-from vaelab.fetch import MIRROR_ENV, md5_of
-from vaelab.idx import idx_bytes
-from vaelab.mnist import FileSpec
+from vaelab.core.params import Params, load_params, merge
+from vaelab.sources.fetch import MIRROR_ENV
+from vaelab.sources.files import FileSpec, md5_of
+from vaelab.sources.idx import idx_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
@@ -155,34 +156,35 @@ TINY_TRAIN = {
 @pytest.fixture
 def tiny_workdir(tmp_path: Path, tiny_raw: Path, monkeypatch: pytest.MonkeyPatch):
     """A working directory with tiny prepared data and its own MLflow store; returns a
-    function building validated Params with overrides of the train section."""
-    from vaelab.params import Params
-    from vaelab.prepare import prepare
+    function building the committed params with overrides of the train section."""
+    from vaelab.core.paths import Artifacts
+    from vaelab.data.prepare import prepare
 
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_ROOT", "DVC_EXP_NAME"):
         monkeypatch.delenv(var, raising=False)
-    base = {"seed": 3, "paths": {"raw": str(tiny_raw)}}
-    prepare_cfg = {"val_size": 50}
 
     def make(binarize: str = "dynamic", augment: dict | None = None, **train) -> Params:
-        params = Params.model_validate(
+        params = committed_params().replace(
             {
-                "base": base,
-                "prepare": {**prepare_cfg, "binarize": binarize, "augment": augment or {}},
-                "train": _merge(TINY_TRAIN, train),
+                "base": {"seed": 3, "paths": {"raw": str(tiny_raw)}},
+                "prepare": {
+                    "subset": None,
+                    "val_size": 50,
+                    "binarize": binarize,
+                    "augment": augment or {},
+                },
+                "train": merge(TINY_TRAIN, train),
             }
         )
-        prepare(tiny_raw, params.base.paths.prepared, params.prepare, params.base.seed)
+        prepare(Artifacts.of(params), params.prepare, params.base.seed)
         return params
 
     return make
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _merge(base[key], value) if isinstance(value, dict) and key in base else value
-    return merged
+def committed_params() -> Params:
+    """params.yaml as committed: the single source of every default."""
+    return load_params(ROOT / "params.yaml")

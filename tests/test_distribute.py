@@ -7,7 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from vaelab.model import distribution_strategy
+from tests.conftest import ROOT
+from vaelab.training.loop import distribution_strategy
 
 
 def test_default_and_gpu_less_paths_use_the_single_device_strategy():
@@ -24,9 +25,12 @@ def test_mirrored_step_equals_single_device_step():
         cpu = tf.config.list_physical_devices("CPU")[0]
         two = [tf.config.LogicalDeviceConfiguration()] * 2
         tf.config.set_logical_device_configuration(cpu, two)
-        from vaelab.model import build_vae, distribution_strategy
-        from vaelab.params import Train
-        cfg = Train.model_validate({"architecture": {"hidden": [16], "latent_dim": 2}})
+        from vaelab.model.vae import build_vae
+        from vaelab.training.loop import distribution_strategy
+        from tests.conftest import committed_params
+        cfg = committed_params().replace(
+            {"train": {"architecture": {"hidden": [16], "latent_dim": 2}}}
+        ).train
         x = (np.random.default_rng(0).random((64, 28, 28, 1)) < 0.3).astype("float32")
         weights = []
         for enabled in (False, True):
@@ -43,7 +47,7 @@ def test_mirrored_step_equals_single_device_step():
         print("max weight difference", diff)
     """)
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr
     assert "replicas 1" in result.stdout and "replicas 2" in result.stdout

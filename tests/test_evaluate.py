@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from keras import layers
 
-from vaelab.frechet import frechet_distance
-from vaelab.latent import active_units, activity
-from vaelab.likelihood import estimate
-from vaelab.model import VAE
+from vaelab.evaluation.frechet import frechet_distance
+from vaelab.evaluation.latent import activity, is_active
+from vaelab.evaluation.likelihood import estimate
+from vaelab.model.vae import VAE
 
 DIM = 3
 
@@ -96,7 +96,7 @@ def test_active_units_and_kl_per_dim_on_constructed_encoder(binary_images):
     est = estimate(_constant_vae(0.5, 0.0, logit, varying_dim0=True), x, 2, progress=False)
     act = activity(est.z_mean)
     assert act[0] > 0.01 and np.allclose(act[1:], 0.0)
-    assert active_units(est.z_mean) == 1
+    assert is_active(act).tolist() == [True, False, False]
     np.testing.assert_allclose(est.kl_per_dim[:, 1:], 0.5 * 0.25, rtol=1e-5)
 
 
@@ -110,24 +110,23 @@ def test_frechet_distance_zero_for_identical_and_grows_with_shift():
 
 @pytest.mark.slow
 def test_stages_write_metrics_figures_and_log_into_the_training_run(tiny_workdir):
-    from vaelab.evaluate import evaluate, output_paths
+    from vaelab.core.paths import Artifacts
     from vaelab.stages.classifier import main as classifier_stage
+    from vaelab.stages.evaluate import main as evaluate_stage
     from vaelab.stages.figures import main as figures_stage
-    from vaelab.train import train
+    from vaelab.training.loop import train
 
-    params = tiny_workdir(epochs=2)
-    params = params.model_copy(
-        update={
-            "classifier": params.classifier.model_copy(update={"train_images": 300, "epochs": 1}),
-            "evaluate": params.evaluate.model_copy(
-                update={"importance_samples": 20, "prior_samples": 100}
-            ),
+    params = tiny_workdir(epochs=2).replace(
+        {
+            "classifier": {"train_images": 300, "epochs": 1},
+            "evaluate": {"importance_samples": 20, "prior_samples": 100},
+            "figures": {"projection_points": 60},
         }
     )
     train(params)
     classifier_stage(params)
-    metrics = evaluate(params)
-    assert metrics == json.loads(output_paths(params)["metrics"].read_text())
+    evaluate_stage(params)
+    metrics = json.loads(Artifacts.of(params).evaluate_metrics.read_text())
     assert metrics["test_images"] == 60 and metrics["importance_samples"] == 20
     assert metrics["nll"] <= metrics["neg_elbo"] + 0.5
     assert metrics["neg_elbo"] == pytest.approx(metrics["reconstruction"] + metrics["kl"], abs=1e-3)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import commit_all, run
-from vaelab import compare
+from vaelab.experiments import compare
 
 
 def _store(project):
@@ -37,7 +37,7 @@ def test_queued_sweep_two_at_once_lands_in_the_project_store(project, real_mirro
         [
             "python",
             "-m",
-            "vaelab.sweep",
+            "vaelab.experiments.sweep",
             "-S",
             "train.kl.beta=0.5,1,2",  # 1 is the baseline's: DVC reuses that run
             "--jobs",

@@ -12,15 +12,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import committed_params
+
 
 def _stage_env(tmp_path: Path, tiny_raw: Path, prepared: Path) -> Path:
     work = tmp_path / "work"
     work.mkdir()
-    params = {
-        "base": {"paths": {"raw": str(tiny_raw), "prepared": str(prepared)}},
-        "prepare": {"val_size": 50},
-    }
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    params = committed_params().replace(
+        {
+            "base": {"paths": {"raw": str(tiny_raw), "prepared": str(prepared)}},
+            "prepare": {"val_size": 50, "subset": None},
+            "train": {"batch_size": 50},
+        }
+    )
+    (work / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
     return work
 
 

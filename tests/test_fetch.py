@@ -5,15 +5,19 @@ from __future__ import annotations
 import gzip
 import http.server
 import threading
+import time
+import tracemalloc
 import typing
+import zlib
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from vaelab.errors import FetchError
-from vaelab.fetch import MIRROR_ENV, fetch_all, fetch_file, sources
-from vaelab.mnist import FILES
+from tests.conftest import committed_params, free_port
+from vaelab.core.errors import FetchError
+from vaelab.core.params import Fetch
+from vaelab.sources.fetch import MIRROR_ENV, fetch_all, fetch_file, sources
+from vaelab.sources.files import FILES
 
 
 class _MirrorHandler(http.server.BaseHTTPRequestHandler):
@@ -64,10 +68,18 @@ def http_mirrors(tiny_mirror):
     server.server_close()
 
 
+def _cfg(mirrors: list[str], timeout: float = 5, **kw) -> Fetch:
+    return (
+        committed_params()
+        .replace({"fetch": {"mirrors": mirrors, "timeout": timeout, "allow_http": True, **kw}})
+        .fetch
+    )
+
+
 def test_local_folder_mirror_first(tiny_mirror, tmp_path, monkeypatch):
     mirror, specs = tiny_mirror
     monkeypatch.setenv(MIRROR_ENV, str(mirror))
-    used = fetch_all(tmp_path / "raw", ["http://127.0.0.1:1/never-asked"], 5, files=specs)
+    used = fetch_all(tmp_path / "raw", _cfg(["http://127.0.0.1:1/never-asked"]), files=specs)
     assert set(used.values()) == {str(mirror)}
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(specs)
 
@@ -75,7 +87,7 @@ def test_local_folder_mirror_first(tiny_mirror, tmp_path, monkeypatch):
 def test_falls_back_from_broken_http_mirror(http_mirrors, tmp_path, monkeypatch):
     base, specs = http_mirrors
     monkeypatch.delenv(MIRROR_ENV, raising=False)
-    used = fetch_all(tmp_path / "raw", [f"{base}/broken", f"{base}/good"], 5, files=specs)
+    used = fetch_all(tmp_path / "raw", _cfg([f"{base}/broken", f"{base}/good"]), files=specs)
     # Every file failed on the broken mirror in one of four ways and came from the good one.
     assert set(used.values()) == {f"{base}/good"}
     for name, spec in specs.items():
@@ -88,7 +100,7 @@ def test_checksum_mismatch_is_rejected_and_nothing_written(tiny_mirror, tmp_path
     name = "train-labels-idx1-ubyte"
     wrong = specs[name]._replace(md5="0" * 32)
     with pytest.raises(FetchError, match="does not match the published checksum"):
-        fetch_file(name, wrong, tmp_path / "raw", [str(mirror)], 5)
+        fetch_file(name, wrong, tmp_path / "raw", [str(mirror)], _cfg([]))
     assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
 
 
@@ -96,7 +108,7 @@ def test_all_sources_failing_names_each_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "no-such-folder"))
     offline = f"http://127.0.0.1:{free_port()}/mnist"
     with pytest.raises(FetchError) as info:
-        fetch_all(tmp_path / "raw", [offline], 2, files=dict(list(FILES.items())[:1]))
+        fetch_all(tmp_path / "raw", _cfg([offline], 2), files=dict(list(FILES.items())[:1]))
     message = str(info.value)
     assert "no-such-folder" in message and offline in message
     assert f"export {MIRROR_ENV}=" in message
@@ -104,20 +116,105 @@ def test_all_sources_failing_names_each_and_the_fix(tmp_path, monkeypatch):
 
 
 def test_sources_order_and_blank_env():
-    assert sources(["https://a"], {MIRROR_ENV: "/m"}) == ["/m", "https://a"]
-    assert sources(["https://a"], {MIRROR_ENV: "  "}) == ["https://a"]
+    assert sources(_cfg(["https://a"]), {MIRROR_ENV: "/m"}) == ["/m", "https://a"]
+    assert sources(_cfg(["https://a"]), {MIRROR_ENV: "  "}) == ["https://a"]
 
 
 def test_already_verified_file_is_kept(tiny_mirror, tmp_path):
     mirror, specs = tiny_mirror
-    fetch_all(tmp_path, [str(mirror)], 5, files=specs)
-    assert set(fetch_all(tmp_path, [], 5, files=specs).values()) == {"already present"}
+    fetch_all(tmp_path, _cfg([mirror.as_uri()]), files=specs)
+    assert set(fetch_all(tmp_path, _cfg([]), files=specs).values()) == {"already present"}
 
 
 def test_real_mnist_mirror_verifies(real_mirror, tmp_path, monkeypatch):
     """The real files (CI: ../shared/mnist via $VAELAB_MNIST_MIRROR) match the published MD5s."""
     monkeypatch.setenv(MIRROR_ENV, real_mirror.as_uri())
-    used = fetch_all(tmp_path, [], 30)
+    used = fetch_all(tmp_path, _cfg([], 30))
     assert set(used.values()) == {real_mirror.as_uri()}
     for name, spec in FILES.items():
         assert (Path(tmp_path) / name).stat().st_size == spec.size
+
+
+def _zeros_gzip(path: Path, megabytes: int) -> None:
+    """A gzip of ``megabytes`` MB of zeros, written in pieces (about 1 KB per MB)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1 << 20)
+    with path.open("wb") as out:
+        for _ in range(megabytes):
+            out.write(packer.compress(block))
+        out.write(packer.flush())
+
+
+def test_a_decompression_bomb_is_refused_without_inflating_it(tiny_mirror, tmp_path):
+    mirror, specs = tiny_mirror
+    name = "t10k-labels-idx1-ubyte"
+    bomb = tmp_path / "bomb"
+    bomb.mkdir()
+    _zeros_gzip(bomb / f"{name}.gz", 300)  # 300 MB inflated, ~300 KB on disk
+    tracemalloc.start()
+    used = fetch_file(name, specs[name], tmp_path / "raw", [str(bomb), str(mirror)], _cfg([]))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert used == str(mirror)
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB held while refusing the bomb"
+
+
+def test_a_source_larger_than_any_real_file_is_refused(tiny_mirror, tmp_path):
+    _, specs = tiny_mirror
+    name = "t10k-labels-idx1-ubyte"
+    big = tmp_path / "big"
+    big.mkdir()
+    # valid gzip that inflates to nothing: only the cap on compressed bytes stops it
+    empty = gzip.compress(b"")
+    (big / f"{name}.gz").write_bytes(empty * ((specs[name].size + (2 << 20)) // len(empty)))
+    with pytest.raises(FetchError, match=r"more than the \d+ bytes allowed"):
+        fetch_file(name, specs[name], tmp_path / "raw", [str(big)], _cfg([]))
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(600):
+                self.wfile.write(b"\x1f")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_trickling_server_is_given_up_at_the_deadline(tiny_mirror, tmp_path, monkeypatch):
+    mirror, specs = tiny_mirror
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    slow = f"http://127.0.0.1:{server.server_address[1]}"
+    name = "t10k-labels-idx1-ubyte"
+    started = time.monotonic()
+    try:
+        used = fetch_file(name, specs[name], tmp_path, [slow, str(mirror)], _cfg([], deadline=2))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert used == str(mirror)
+    assert time.monotonic() - started < 10  # per-read timeout 5 s never fires on a trickle
+
+
+@pytest.mark.parametrize(
+    ("mirror", "allow_http", "fragment"),
+    [
+        ("ftp://example.org/mnist", True, "not a usable URL"),
+        ("http://example.org/mnist", False, "allow_http"),
+    ],
+)
+def test_the_environment_mirror_is_validated_like_the_params_mirrors(
+    tmp_path, mirror, allow_http, fragment
+):
+    with pytest.raises(FetchError, match=fragment) as info:
+        fetch_all(tmp_path, _cfg([], allow_http=allow_http), environ={MIRROR_ENV: mirror})
+    assert MIRROR_ENV in str(info.value)
+    assert not any(tmp_path.iterdir())

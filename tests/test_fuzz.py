@@ -9,11 +9,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vaelab.errors import DataFileError, ParamsError
-from vaelab.idx import idx_bytes, parse_idx
-from vaelab.params import Params, load_params
+from tests.conftest import ROOT
+from vaelab.core.errors import DataFileError, ParamsError
+from vaelab.core.params import Params, load_params
+from vaelab.sources.idx import idx_bytes, parse_idx
 
 CASES = {"params": 0, "idx": 0}
+# powers of two up to 2**32 - 1: products of four of them overflow 64 bits, e.g. (2**16,) * 4
+HUGE = st.sampled_from([*(2**k for k in range(32)), 2**32 - 1])
+DIMENSIONS = st.one_of(st.integers(0, 40), st.integers(0, 2**32 - 1), HUGE)
 
 scalars = st.one_of(
     st.none(),
@@ -50,7 +54,7 @@ trees = st.recursive(
 
 
 def _valid_tree():
-    return yaml.safe_load(yaml.safe_dump(Params().model_dump()))
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 @settings(
@@ -91,9 +95,13 @@ def test_random_params_files(tmp_path, data):
         st.tuples(
             st.integers(0, 255),
             st.integers(0, 6),
-            st.lists(st.integers(0, 40), max_size=6),
+            st.lists(DIMENSIONS, max_size=6),
             st.binary(max_size=400),
         ).map(lambda t: bytes([0, 0, t[0], t[1]]) + struct.pack(f">{len(t[2])}I", *t[2]) + t[3]),
+        # well-formed headers of huge sizes, with little or no data after them
+        st.tuples(
+            st.lists(HUGE, min_size=1, max_size=4), st.one_of(st.just(b""), st.binary(max_size=8))
+        ).map(lambda t: struct.pack(f">HBB{len(t[0])}I", 0, 8, len(t[0]), *t[0]) + t[1]),
     )
 )
 def test_random_bytes_to_idx_parser(data):

@@ -1,9 +1,11 @@
+import struct
+
 import numpy as np
 import pytest
 
-from vaelab.errors import DataFileError
-from vaelab.idx import idx_bytes, parse_idx, read_idx, write_idx
-from vaelab.mnist import load_split
+from vaelab.core.errors import DataFileError
+from vaelab.sources.files import load_split
+from vaelab.sources.idx import idx_bytes, parse_idx, read_idx, write_idx
 
 
 def test_round_trip(tmp_path):
@@ -64,3 +66,13 @@ def test_parse_rejects_non_digit_labels(tiny_raw):
 
 def test_parse_idx_of_empty_shape():
     assert parse_idx(idx_bytes(np.zeros((0, 28, 28), np.uint8))).shape == (0, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "shape", [(65536, 65536, 65536, 65536), (2**32 - 1,) * 3, (2**16, 2**16, 2**32 - 1)]
+)
+def test_dimensions_whose_product_overflows_64_bits_are_refused(shape):
+    # (65536,) * 4 multiplies to 2**64, which wraps to 0 in int64 arithmetic
+    data = struct.pack(f">HBB{len(shape)}I", 0, 8, len(shape), *shape)
+    with pytest.raises(DataFileError, match="header"):
+        parse_idx(data)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from vaelab.kl_schedule import BetaSchedule, beta_at
-from vaelab.losses import kl_per_dim, reconstruction_nll, vae_loss
-from vaelab.params import KLWeight
+from tests.conftest import committed_params
+from vaelab.core.params import KLWeight
+from vaelab.model.losses import kl_per_dim, reconstruction_nll, vae_loss
+from vaelab.training.kl_schedule import BetaSchedule, beta_at
 
 rng = np.random.default_rng(0)
 TARGET = (rng.random((5, 28, 28, 1)) < 0.3).astype(np.float32)
@@ -62,7 +63,7 @@ def test_free_bits_floor_holds_per_dimension():
 
 
 def _kl(**kw):
-    return KLWeight(**{"beta": 2.0, **kw})
+    return KLWeight.model_validate({**committed_params().train.kl.model_dump(), "beta": 2.0, **kw})
 
 
 @pytest.mark.parametrize(

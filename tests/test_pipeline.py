@@ -15,18 +15,22 @@ import pytest
 import yaml
 
 from tests.conftest import run
-from vaelab.callbacks import read_history
-from vaelab.prepare import load_prepared, read_meta
+from vaelab.core.params import load_params
+from vaelab.core.paths import Artifacts
+from vaelab.data.prepared import load_prepared, read_meta
+from vaelab.training.history import read_history
 
 
 @pytest.mark.slow
-def test_dvc_repro_whole_pipeline(project, real_mirror):
+def test_dvc_repro_whole_pipeline(project, real_mirror, monkeypatch):
     env = {"VAELAB_MNIST_MIRROR": str(real_mirror)}
     out = run(["dvc", "repro"], project, env)
     for stage in ("fetch", "prepare", "train", "classifier", "evaluate", "figures"):
         assert f"Running stage '{stage}'" in out
-    assert read_meta(project / "data/prepared")["sizes"] == {"train": 500, "val": 100, "test": 600}
-    x, y = load_prepared(project / "data/prepared", "test")
+    monkeypatch.chdir(project)
+    paths = Artifacts.of(load_params())
+    assert read_meta(paths)["sizes"] == {"train": 500, "val": 100, "test": 600}
+    x, y = load_prepared(paths, "test")
     assert x.shape == (600, 28, 28, 1) and set(y) == set(range(10))
     metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
     assert metrics["test_images"] == 600 and 0 < metrics["nll"] < 550

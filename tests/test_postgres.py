@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from tests.conftest import ROOT, commit_all, free_port, run
-from vaelab import compare
+from vaelab.experiments import compare
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 SCRIPT = ROOT / "scripts" / "tracking_server.sh"
@@ -46,7 +46,7 @@ def test_two_trainings_at_once_against_postgres_server(project, real_mirror, tra
         [
             "python",
             "-m",
-            "vaelab.sweep",
+            "vaelab.experiments.sweep",
             "-S",
             "train.kl.beta=0.5,2",
             "--jobs",

@@ -14,8 +14,10 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from vaelab.callbacks import read_history
-from vaelab.train import output_paths, state_dir
+from vaelab.core.paths import Artifacts
+from vaelab.data.prepared import read_meta
+from vaelab.training.history import read_history
+from vaelab.training.loop import state_dir
 
 
 class MlflowServer:
@@ -77,9 +79,7 @@ def test_server_lost_mid_training_then_outbox_sends_everything(tiny_workdir, ser
     params = tiny_workdir(epochs=8)
     Path("params.yaml").write_text(yaml.safe_dump(params.model_dump()))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-    from vaelab.prepare import read_meta
-
-    history = state_dir(params, read_meta(params.base.paths.prepared)["md5"]) / "history.csv"
+    history = state_dir(params, read_meta(Artifacts.of(params))["md5"]) / "history.csv"
     proc = subprocess.Popen(
         [sys.executable, "-m", "vaelab.stages.train"],
         stdout=subprocess.PIPE,
@@ -93,25 +93,31 @@ def test_server_lost_mid_training_then_outbox_sends_everything(tiny_workdir, ser
     server.stop()
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert "python -m vaelab.outbox" in err
-    outputs = output_paths(params)
-    assert [r["epoch"] for r in read_history(outputs["history"])] == list(range(1, 9))
-    assert outputs["model"].stat().st_size > 0
+    assert "python -m vaelab.tracking.outbox" in err
+    outputs = Artifacts.of(params)
+    assert [r["epoch"] for r in read_history(outputs.train_history)] == list(range(1, 9))
+    assert outputs.model.stat().st_size > 0
 
     # Still down: the outbox keeps everything and says so.
     still = subprocess.run(
-        [sys.executable, "-m", "vaelab.outbox"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "vaelab.tracking.outbox"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert still.returncode != 0 and "does not answer" in still.stderr
 
     server.start()
     sent = subprocess.run(
-        [sys.executable, "-m", "vaelab.outbox"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "vaelab.tracking.outbox"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert sent.returncode == 0, sent.stderr
     assert "0 still kept" in sent.stdout
 
-    run_id = json.loads(outputs["run"].read_text())["run_id"]
+    run_id = json.loads(outputs.train_run.read_text())["run_id"]
     mlflow.set_tracking_uri(server.uri)
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
-from vaelab.params import Params
-from vaelab.tracking import project_root, run_name, tracking_uri
+from tests.conftest import ROOT, committed_params
+from vaelab.core.paths import project_root
+from vaelab.tracking.runs import run_name, run_tags
+from vaelab.tracking.store import tracking_uri
 
 
 def test_explicit_tracking_uri_wins(tmp_path):
@@ -33,11 +36,12 @@ def test_dvc_root_points_temporary_experiment_copies_home(tmp_path):
 
 
 def test_run_name_says_what_differs():
-    params = Params.model_validate(
+    params = committed_params().replace(
         {"train": {"kl": {"beta": 4, "schedule": "cyclical", "free_bits": 0.5}}}
     )
-    assert run_name(params) == "beta=4 cyclical fb=0.5, mlp z=32"
-    named = Params.model_validate({"train": {"run_name": "my run"}})
+    arch = params.train.architecture
+    assert run_name(params) == f"beta=4 cyclical fb=0.5, {arch.kind} z={arch.latent_dim}"
+    named = committed_params().replace({"train": {"run_name": "my run"}})
     assert run_name(named) == "my run"
 
 
@@ -50,11 +54,52 @@ def test_relative_sqlite_uri_is_anchored_at_the_project_root(tmp_path):
 
 
 def test_sweep_and_parent_tags(tmp_path):
-    from vaelab.tracking import run_tags
-
     env = {"DVC_EXP_BASELINE_REV": "0123456789abcdef", "DVC_EXP_NAME": "loyal-kite"}
-    tags = run_tags(Params(), tmp_path, {"train": "abc"}, env)
+    tags = run_tags(committed_params(), tmp_path, {"train": "abc"}, env)
     assert tags["sweep"] == "0123456" and tags["dvc_exp_name"] == "loyal-kite"
     env = {**env, "VAELAB_SWEEP": "beta-grid", "VAELAB_PARENT_RUN_ID": "p1"}
-    tags = run_tags(Params(), tmp_path, {}, env)
+    tags = run_tags(committed_params(), tmp_path, {}, env)
     assert tags["sweep"] == "beta-grid" and tags["mlflow.parentRunId"] == "p1"
+
+
+def test_one_function_connects_to_the_tracking_store():
+    """Only `vaelab.tracking.store.connect` points MLflow at a store, so every command gets the
+    same URI resolution and the same HTTP limits."""
+    callers = []
+    for folder in ("src", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and node.attr == "set_tracking_uri":
+                    callers.append(str(path.relative_to(ROOT)))
+    assert callers == ["src/vaelab/tracking/store.py"]
+
+
+def test_connect_sets_short_http_limits(monkeypatch, tmp_path):
+    from vaelab.tracking.store import HTTP_LIMITS, connect
+
+    environ = {"DVC_ROOT": str(tmp_path)}
+    uri = connect(environ=environ)
+    assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert {k: environ[k] for k in HTTP_LIMITS} == HTTP_LIMITS
+    assert int(HTTP_LIMITS["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30
+
+
+def test_after_one_failed_epoch_the_logger_stops_calling_the_server(monkeypatch, tmp_path):
+    from vaelab.tracking import outbox
+    from vaelab.tracking.epochs import MlflowEpochLogger
+    from vaelab.training.callbacks import EpochHistory
+
+    calls = []
+
+    def hanging_server(delivery, sent, record=None):
+        calls.append(len(delivery.rows))
+        raise TimeoutError("read timed out")
+
+    monkeypatch.setattr(outbox, "send", hanging_server)
+    history = EpochHistory(tmp_path / "history.csv")
+    logger = MlflowEpochLogger(history, "run", logged_upto=0)
+    for epoch in range(5):
+        history.on_epoch_end(epoch, {"loss": 1.0})
+        logger.on_epoch_end(epoch, {})
+    assert calls == [1]  # one timeout on the training thread, not one per epoch
+    assert [row["epoch"] for row in logger.pending()] == [1, 2, 3, 4, 5]

@@ -17,12 +17,13 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from vaelab.callbacks import read_history
-from vaelab.input_pipeline import training_dataset
-from vaelab.model import build_vae
-from vaelab.optim import build_optimizer
-from vaelab.prepare import load_prepared, model_data
-from vaelab.train import output_paths, state_dir, train
+from vaelab.core.paths import Artifacts
+from vaelab.data.prepared import load_prepared, model_data, read_meta
+from vaelab.model.vae import build_vae
+from vaelab.training.history import read_history
+from vaelab.training.loop import state_dir, train
+from vaelab.training.optim import build_optimizer
+from vaelab.training.pipeline import training_dataset
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,7 @@ from vaelab.train import output_paths, state_dir, train
 def test_every_option_trains(tiny_workdir, train_cfg):
     params = tiny_workdir(**{**train_cfg, "epochs": 1})
     cfg = params.train
-    x, _ = load_prepared(params.base.paths.prepared, "train")
+    x, _ = load_prepared(Artifacts.of(params), "train")
     model = build_vae(cfg, seed=0)
     model.compile(optimizer=build_optimizer(cfg, steps_per_epoch=2))
     before = [w.copy() for w in model.get_weights()]
@@ -63,7 +64,7 @@ def test_augmentation_recipes_feed_valid_images(tiny_workdir, binarize):
         "vertical_flip": True,
     }
     params = tiny_workdir(binarize=binarize, augment=full)
-    x, _ = model_data(params.base.paths.prepared, "train", fixed_draw=False)
+    x, _ = model_data(Artifacts.of(params), "train", fixed_draw=False)
     batch = next(iter(training_dataset(x, 50, 0, params.prepare.augment, binarize))).numpy()
     assert batch.shape == (50, 28, 28, 1) and batch.min() >= 0 and batch.max() <= 1
     assert not np.array_equal(batch, x[:50])
@@ -74,7 +75,7 @@ def test_augmentation_recipes_feed_valid_images(tiny_workdir, binarize):
 def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_path):
     params = tiny_workdir(architecture={"kind": "conv", "batch_norm": True})
     model = build_vae(params.train, seed=1)
-    x, _ = load_prepared(params.base.paths.prepared, "val")
+    x, _ = load_prepared(Artifacts.of(params), "val")
     model.save(tmp_path / "m.keras")
     back = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     assert type(back).__name__ == "VAE" and back.likelihood == "bernoulli"
@@ -86,9 +87,9 @@ def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_pat
 def test_same_seed_same_losses(tiny_workdir):
     params = tiny_workdir(augment={"enabled": True})
     train(params)
-    first = read_history(output_paths(params)["history"])
+    first = read_history(Artifacts.of(params).train_history)
     train(params)
-    second = read_history(output_paths(params)["history"])
+    second = read_history(Artifacts.of(params).train_history)
     drop = {"epoch_time"}
     strip = [
         [{k: v for k, v in r.items() if k not in drop} for r in rows] for rows in (first, second)
@@ -99,8 +100,8 @@ def test_same_seed_same_losses(tiny_workdir):
 def test_train_stage_outputs_and_mlflow_run(tiny_workdir):
     params = tiny_workdir(epochs=3, kl={"beta": 4.0, "schedule": "cyclical", "cycles": 1})
     summary = train(params)
-    out = output_paths(params)
-    rows = read_history(out["history"])
+    out = Artifacts.of(params)
+    rows = read_history(out.train_history)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert {
         "loss",
@@ -111,10 +112,10 @@ def test_train_stage_outputs_and_mlflow_run(tiny_workdir):
         "learning_rate",
         "epoch_time",
     } <= set(rows[0])
-    assert json.loads(out["metrics"].read_text())["epochs"] == summary["epochs"] == 3
+    assert json.loads(out.train_metrics.read_text())["epochs"] == summary["epochs"] == 3
     assert list(Path(params.base.paths.state).glob("train-*")) == []  # resume state cleared
 
-    run_id = json.loads(out["run"].read_text())["run_id"]
+    run_id = json.loads(out.train_run.read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -128,10 +129,10 @@ def test_train_stage_outputs_and_mlflow_run(tiny_workdir):
     betas = [m.value for m in client.get_metric_history(run_id, "beta")]
     assert betas == pytest.approx([r["beta"] for r in rows]) and betas[0] < betas[-1] <= 4.0
 
-    x, _ = load_prepared(params.base.paths.prepared, "val")
+    x, _ = load_prepared(Artifacts.of(params), "val")
     served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     as_keras = mlflow.keras.load_model(f"runs:/{run_id}/model")
-    best = keras.saving.load_model(out["model"])
+    best = keras.saving.load_model(out.model)
     expected = best.predict(x[:4], verbose=0)
     np.testing.assert_allclose(served.predict(x[:4]), expected, atol=1e-5)
     np.testing.assert_allclose(as_keras.predict(x[:4], verbose=0), expected, atol=1e-5)
@@ -141,7 +142,7 @@ def test_train_stage_outputs_and_mlflow_run(tiny_workdir):
 
 
 def test_nan_loss_stops_with_clear_message_and_failed_run(tiny_workdir):
-    from vaelab.errors import TrainingDiverged
+    from vaelab.core.errors import TrainingDiverged
 
     params = tiny_workdir(
         optimizer={"name": "sgd", "learning_rate": 10.0, "momentum": 0.99},
@@ -178,9 +179,9 @@ def test_resume_after_sigkill_continues_from_saved_epoch(tiny_workdir):
     assert "resuming MLflow run" in result.stdout
     epochs_trained = result.stdout.count("Epoch ") + result.stderr.count("Epoch ")
     assert epochs_trained <= 12 - done_before + 1
-    rows = read_history(output_paths(params)["history"])
+    rows = read_history(Artifacts.of(params).train_history)
     assert [r["epoch"] for r in rows] == list(range(1, 13))
-    run_id = json.loads(output_paths(params)["run"].read_text())["run_id"]
+    run_id = json.loads(Artifacts.of(params).train_run.read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
     assert steps == list(range(1, 13))
@@ -188,9 +189,7 @@ def test_resume_after_sigkill_continues_from_saved_epoch(tiny_workdir):
 
 
 def _md5(params):
-    from vaelab.prepare import read_meta
-
-    return read_meta(params.base.paths.prepared)["md5"]
+    return read_meta(Artifacts.of(params))["md5"]
 
 
 @pytest.mark.parametrize(
@@ -212,7 +211,7 @@ def test_corrupted_prepared_data_stops_the_stage_cleanly(tiny_workdir, victim, f
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(tiny_workdir, monkeypatch):
-    from vaelab.errors import VaelabError
+    from vaelab.core.errors import VaelabError
 
     port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
@@ -222,3 +221,61 @@ def test_unreachable_tracking_server_fails_fast_before_training(tiny_workdir, mo
         train(params)
     assert time.monotonic() - started < 30
     assert not Path(params.base.paths.models).exists()
+
+
+_BLOCKING_SAVE = """
+import io, os, pathlib, sys, time
+from keras.src.saving import saving_lib
+
+original, saves = saving_lib._save_model_to_fileobj, []
+
+
+def blocking(model, fileobj, weights_format):
+    saves.append(1)
+    if len(saves) < 2:
+        return original(model, fileobj, weights_format)
+    whole = io.BytesIO()
+    original(model, whole, weights_format)
+    fileobj.write(whole.getvalue()[: len(whole.getvalue()) // 2])  # half of the archive
+    fileobj.flush()
+    os.fsync(fileobj.fileno())
+    pathlib.Path(sys.argv[1]).touch()
+    time.sleep(600)  # killed here, in the middle of the second save
+
+
+saving_lib._save_model_to_fileobj = blocking
+from vaelab.core.cli import run_stage
+from vaelab.stages.train import main
+
+run_stage(main)
+"""
+
+
+def test_kill_during_the_best_checkpoint_save_leaves_a_loadable_model(tiny_workdir, tmp_path):
+    from vaelab.model.io import load_vae
+
+    params = tiny_workdir(epochs=4, kl={"schedule": "constant"})
+    Path("params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    (tmp_path / "blocking.py").write_text(_BLOCKING_SAVE)
+    marker = tmp_path / "saving"
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "blocking.py"), str(marker)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no second save happened"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (state,) = Path(params.base.paths.state).glob("train-*")
+    load_vae(state / "best.keras")  # the first best, intact: the half-save went elsewhere
+
+    result = subprocess.run(
+        [sys.executable, "-m", "vaelab.stages.train"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    vae = load_vae(Artifacts.of(params).model)
+    assert vae.predict(np.zeros((1, 28, 28, 1), np.float32), verbose=0).shape == (1, 28, 28, 1)
+    assert not [p.name for p in Path("models").iterdir() if p.name.startswith(".")]

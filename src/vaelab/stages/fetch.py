@@ -1,12 +1,13 @@
 """DVC stage `fetch`: the four MNIST IDX files, checksum-verified, into data/raw."""
 
-from vaelab.fetch import fetch_all
-from vaelab.params import Params
-from vaelab.stages import run_stage
+from vaelab.core.cli import run_stage
+from vaelab.core.params import Params
+from vaelab.core.paths import Artifacts
+from vaelab.sources.fetch import fetch_all
 
 
 def main(params: Params) -> None:
-    used = fetch_all(params.base.paths.raw, params.fetch.mirrors, params.fetch.timeout)
+    used = fetch_all(Artifacts.of(params).raw, params.fetch)
     for name, source in used.items():
         print(f"{name}: verified ({source})")
 

@@ -1,17 +1,17 @@
 """DVC stage `figures`: PNGs of the trained run, also attached to its MLflow run."""
 
-from vaelab import tracking
-from vaelab.outbox import Delivery, deliver
-from vaelab.params import Params
-from vaelab.stages import run_stage
-from vaelab.visualize import render_all
+from vaelab.core.cli import run_stage
+from vaelab.core.params import Params
+from vaelab.core.paths import Artifacts
+from vaelab.report.render import render_all
+from vaelab.tracking.runs import log_to_training_run, training_run_id
 
 
 def main(params: Params) -> None:
+    run_id = training_run_id(params)
     paths = render_all(params)
-    run_id = tracking.training_run_id(params)
-    deliver(Delivery(run_id, artifacts=[(str(p), "figures") for p in paths.values()]))
-    print(f"wrote {len(paths)} figures to {next(iter(paths.values())).parent}")
+    print(f"wrote {len(paths)} figures to {Artifacts.of(params).figures}")
+    log_to_training_run(params, run_id, artifacts=[(str(p), "figures") for p in paths.values()])
 
 
 if __name__ == "__main__":

@@ -1,14 +1,13 @@
 """DVC stage `prepare`: normalize, split and (optionally) binarize into data/prepared."""
 
-from vaelab.params import Params
-from vaelab.prepare import prepare
-from vaelab.stages import run_stage
+from vaelab.core.cli import run_stage
+from vaelab.core.params import Params
+from vaelab.core.paths import Artifacts
+from vaelab.data.prepare import prepare
 
 
 def main(params: Params) -> None:
-    meta = prepare(
-        params.base.paths.raw, params.base.paths.prepared, params.prepare, params.base.seed
-    )
+    meta = prepare(Artifacts.of(params), params.prepare, params.base.seed)
     print(f"prepared {meta['sizes']} (binarize={meta['binarize']})")
 
 

@@ -1,8 +1,8 @@
 """DVC stage `train`: the VAE, its history and metrics, tracked in an MLflow run."""
 
-from vaelab.params import Params
-from vaelab.stages import run_stage
-from vaelab.train import train
+from vaelab.core.cli import run_stage
+from vaelab.core.params import Params
+from vaelab.training.loop import train
 
 
 def main(params: Params) -> None:

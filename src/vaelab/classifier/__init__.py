@@ -1,0 +1,1 @@
+"""The small MNIST classifier whose features the Fréchet distance compares (its own stage)."""

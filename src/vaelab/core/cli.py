@@ -1,0 +1,48 @@
+"""Run a stage or command: expected failures become one message and exit code 1."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable
+
+from vaelab.core.errors import VaelabError
+from vaelab.core.params import Params, load_params
+
+# TensorFlow's C++ start-up chatter (oneDNN notices) would bury the stage's own output;
+# warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def os_error_message(exc: OSError) -> str:
+    """What went wrong with a file, and the fix that fits the error."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno in _SPACE:
+        fix = "free disk space (or raise the file-size limit), then re-run"
+    elif exc.errno in _ACCESS:
+        fix = "fix the permissions or make the folder writable, then re-run"
+    elif exc.errno == errno.ENOENT:
+        fix = "restore it (`dvc checkout`, or `dvc repro` to rebuild what is missing)"
+    else:
+        fix = "fix the cause above, then re-run"
+    return f"error: {where}{what}. Nothing was half-written; {fix}."
+
+
+def run_command(main: Callable[[], object]) -> None:
+    """Run ``main``; turn expected failures into one message on stderr and exit 1."""
+    try:
+        main()
+    except VaelabError as exc:
+        sys.exit(f"error: {exc}")
+    except OSError as exc:  # disk full, permission denied, a missing file ...
+        sys.exit(os_error_message(exc))
+
+
+def run_stage(main: Callable[[Params], object], params_file: str = "params.yaml") -> None:
+    """Validate params.yaml, then run the stage ``main`` as `run_command` does."""
+    run_command(lambda: main(load_params(params_file)))

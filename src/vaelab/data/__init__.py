@@ -1,0 +1,1 @@
+"""The prepared data: how the prepare stage writes it and how every later stage reads it."""

@@ -1,0 +1,1 @@
+"""Evaluation of a trained VAE: the IWAE bound, latent diagnostics, the Fréchet distance."""

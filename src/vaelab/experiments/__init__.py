@@ -1,0 +1,1 @@
+"""Commands over many runs: sweeps with DVC's queue, and the comparison report."""

@@ -1,0 +1,257 @@
+"""Compare the runs of an MLflow experiment (e.g. a sweep over KL weightings) in one report.
+
+    python -m vaelab.experiments.compare [--sweep NAME] [--out reports/compare]
+
+A command rather than a DVC stage: its input is the MLflow store, which DVC cannot hash, so
+as a stage it would be either always stale or always re-run. It writes a table (CSV and
+Markdown), the rate-distortion plot, reconstructions and prior samples of every run side by
+side, and the validation curves overlaid; then logs them as a `comparison` run. Runs that
+failed or lack a metric are listed with the gap shown as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+
+from vaelab.core.atomic import write_text
+from vaelab.core.errors import VaelabError
+from vaelab.core.paths import REPORTS
+from vaelab.report.plots import save_figure
+from vaelab.tracking.runs import tag_filter
+
+KIND_TAG = "vaelab.kind"
+COLUMNS = [  # (header, where, key)
+    ("run", "info", "run_name"),
+    ("status", "info", "status"),
+    ("beta", "params", "train.kl.beta"),
+    ("schedule", "params", "train.kl.schedule"),
+    ("free_bits", "params", "train.kl.free_bits"),
+    ("test_nll", "metrics", "test_nll"),
+    ("neg_elbo", "metrics", "test_neg_elbo"),
+    ("reconstruction", "metrics", "test_reconstruction"),
+    ("kl_rate", "metrics", "test_kl"),
+    ("active_units", "metrics", "test_active_units"),
+    ("latent_accuracy", "metrics", "test_latent_accuracy"),
+    ("frechet", "metrics", "test_frechet_distance"),
+    ("epochs", "metrics", "best_epochs"),
+    ("train_seconds", "metrics", "best_train_seconds"),
+]
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    values: dict[str, Any]
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+    def number(self, header: str) -> float | None:
+        value = self.values.get(header)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        return number if math.isfinite(number) else None
+
+    @property
+    def label(self) -> str:
+        return f"beta={self.values.get('beta') or '?'} {self.values.get('schedule') or ''}".strip()
+
+
+def collect(experiment: str, sweep: str | None = None) -> list[RunRow]:
+    """Every training run of ``experiment`` (of one sweep if given), oldest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = tag_filter("sweep", sweep) if sweep else ""
+    runs = client.search_runs([found.experiment_id], query, order_by=["attributes.start_time"])
+    rows = []
+    for run in runs:
+        if KIND_TAG in run.data.tags:  # a sweep's parent run or an earlier comparison
+            continue
+        sources = {
+            "info": {"run_name": run.info.run_name, "status": run.info.status},
+            "params": run.data.params,
+            "metrics": run.data.metrics,
+        }
+        values = {header: sources[where].get(key) for header, where, key in COLUMNS}
+        curve = [
+            (m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_neg_elbo")
+        ]
+        rows.append(RunRow(run.info.run_id, values, sorted(curve)))
+    return rows
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")  # a Markdown table cell
+
+
+def table_csv(rows: list[RunRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run_id"] + [header for header, _, _ in COLUMNS])
+    for row in rows:
+        writer.writerow([row.run_id] + [cell(row.values[h]) for h, _, _ in COLUMNS])
+    return out.getvalue()
+
+
+def markdown(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table; None shows as missing."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def table_markdown(rows: list[RunRow]) -> str:
+    headers = [header for header, _, _ in COLUMNS]
+    return markdown(headers, [[row.values[h] for h in headers] for row in rows])
+
+
+def rate_distortion(rows: list[RunRow]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    points = [(r.number("kl_rate"), r.number("reconstruction"), r) for r in rows]
+    points = [(x, y, r) for x, y, r in points if x is not None and y is not None]
+    for x, y, row in points:
+        ax.scatter(x, y, s=40)
+        ax.annotate(row.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    missing = len(rows) - len(points)
+    ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats")
+    ax.set_ylabel("distortion: -log p(x|z), nats")
+    ax.set_title(
+        "Rate-distortion of the runs (test set)"
+        + (f"; {missing} run(s) without metrics not shown" if missing else "")
+    )
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def validation_curves(rows: list[RunRow]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        if row.curve:
+            steps, values = zip(*row.curve, strict=True)
+            ax.plot(steps, values, label=row.label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation -ELBO (beta = 1), nats")
+    ax.set_title("Validation curves of all runs")
+    if any(row.curve for row in rows):
+        ax.legend(fontsize=8)
+    return fig
+
+
+def side_by_side(rows: list[RunRow], images: dict[str, dict[str, Path | None]]) -> plt.Figure:
+    """One row per run: its reconstructions figure and its prior samples figure."""
+    kinds = ["reconstructions", "prior_samples"]
+    fig, axes = plt.subplots(
+        len(rows),
+        2,
+        figsize=(14, 3.2 * len(rows)),
+        gridspec_kw={"width_ratios": [2.2, 1]},
+        squeeze=False,
+    )
+    for ax_row, row in zip(axes, rows, strict=True):
+        for ax, kind in zip(ax_row, kinds, strict=True):
+            path = images[row.run_id].get(kind)
+            if path is not None:
+                ax.imshow(mpimg.imread(path))
+            else:
+                ax.text(0.5, 0.5, f"{kind}: missing", ha="center", va="center")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax_row[0].set_ylabel(row.label, fontsize=11)
+    fig.suptitle("Reconstructions and prior samples of every run")
+    fig.tight_layout()
+    return fig
+
+
+def fetch_figures(rows: list[RunRow], dest: Path) -> dict[str, dict[str, Path | None]]:
+    import mlflow
+
+    found: dict[str, dict[str, Path | None]] = {}
+    for row in rows:
+        found[row.run_id] = {}
+        for kind in ("reconstructions", "prior_samples"):
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=row.run_id,
+                    artifact_path=f"figures/{kind}.png",
+                    dst_path=str(dest / row.run_id),
+                )
+                found[row.run_id][kind] = Path(local)
+            except Exception:  # absent for failed or unfinished runs: shown as missing
+                found[row.run_id][kind] = None
+    return found
+
+
+def write_report(rows: list[RunRow], out: Path) -> list[Path]:
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "runs.csv", table_csv(rows))
+    write_text(out / "runs.md", table_markdown(rows))
+    paths = [
+        out / "runs.csv",
+        out / "runs.md",
+        save_figure(rate_distortion(rows), out / "rate_distortion.png"),
+        save_figure(validation_curves(rows), out / "validation_curves.png"),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        images = fetch_figures(rows, Path(tmp))
+        paths.append(save_figure(side_by_side(rows, images), out / "samples_side_by_side.png"))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    import mlflow
+
+    from vaelab.core.params import load_params
+    from vaelab.tracking.runs import start_command_run
+    from vaelab.tracking.store import connect
+
+    parser = argparse.ArgumentParser(description="Compare the runs of an MLflow experiment.")
+    parser.add_argument("--experiment", help="default: base.experiment of params.yaml")
+    parser.add_argument("--sweep", help="only runs tagged sweep=NAME")
+    parser.add_argument("--out", default=REPORTS / "compare", type=Path)
+    args = parser.parse_args(argv)
+    experiment = args.experiment or load_params().base.experiment
+    connect(require=True)
+    rows = collect(experiment, args.sweep)
+    if not rows:
+        raise VaelabError(
+            f"no runs in experiment {experiment!r}"
+            + (f" with tag sweep={args.sweep!r}" if args.sweep else "")
+            + f" at {mlflow.get_tracking_uri()}: check the names, or MLFLOW_TRACKING_URI"
+        )
+    paths = write_report(rows, args.out)
+    # Under `mlflow run -e compare` the project's run is the comparison run.
+    active = start_command_run(experiment, f"comparison {args.sweep or ''}".strip())
+    with active:
+        mlflow.set_tags({KIND_TAG: "comparison", **({"sweep": args.sweep} if args.sweep else {})})
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path="comparison")
+    print(table_markdown(rows))
+    print(f"report in {args.out}/ ({len(rows)} runs), logged as a comparison run")
+
+
+if __name__ == "__main__":
+    from vaelab.core.cli import run_command
+
+    run_command(main)

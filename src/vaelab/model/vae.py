@@ -1,0 +1,201 @@
+"""A Keras 3 VAE from serializable pieces: encoder -> (mean, log-variance), Sampling, decoder.
+
+The encoder and decoder are functional models of built-in layers; `Sampling` and `VAE` are
+registered, so a saved ``.keras`` file reloads in safe mode once ``vaelab.model.vae`` is
+imported.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from vaelab.core.mnist import IMAGE_SHAPE, PIXELS
+from vaelab.core.params import Architecture, Train
+from vaelab.model.losses import vae_loss
+
+
+@keras.saving.register_keras_serializable(package="vaelab")
+class Sampling(layers.Layer):
+    """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I): the reparameterisation trick."""
+
+    def __init__(self, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True  # no weights to create
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        eps = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * eps
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "seed": self.seed}
+
+
+def _block(x, layer: layers.Layer, arch: Architecture):
+    x = layer(x)
+    if arch.batch_norm:
+        x = layers.BatchNormalization()(x)
+    return layers.Activation(arch.activation)(x)
+
+
+def build_encoder(arch: Architecture) -> keras.Model:
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = inputs
+    if arch.kind == "mlp":
+        x = layers.Flatten()(x)
+        for units in arch.hidden:
+            x = _block(x, layers.Dense(units), arch)
+    else:
+        for filters in arch.filters:
+            x = _block(x, layers.Conv2D(filters, 3, strides=2, padding="same"), arch)
+        x = layers.Flatten()(x)
+        if arch.dense:
+            x = _block(x, layers.Dense(arch.dense), arch)
+    z_mean = layers.Dense(arch.latent_dim, name="z_mean")(x)
+    z_log_var = layers.Dense(arch.latent_dim, name="z_log_var")(x)
+    return keras.Model(inputs, [z_mean, z_log_var], name="encoder")
+
+
+def build_decoder(arch: Architecture) -> keras.Model:
+    """Maps z to per-pixel logits of MNIST's image shape."""
+    inputs = keras.Input((arch.latent_dim,), name="z")
+    x = inputs
+    if arch.kind == "mlp":
+        for units in reversed(arch.hidden):
+            x = _block(x, layers.Dense(units), arch)
+        x = layers.Dense(PIXELS)(x)
+        logits = layers.Reshape(IMAGE_SHAPE, name="logits")(x)
+    else:
+        side = IMAGE_SHAPE[0] // 2 ** len(arch.filters)
+        if arch.dense:
+            x = _block(x, layers.Dense(arch.dense), arch)
+        x = _block(x, layers.Dense(side * side * arch.filters[-1]), arch)
+        x = layers.Reshape((side, side, arch.filters[-1]))(x)
+        for filters in reversed(arch.filters):
+            x = _block(x, layers.Conv2DTranspose(filters, 3, strides=2, padding="same"), arch)
+        logits = layers.Conv2D(1, 3, padding="same", name="logits")(x)
+    return keras.Model(inputs, logits, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package="vaelab")
+class VAE(keras.Model):
+    """Trains on the loss parts of `vaelab.model.losses.vae_loss`; ``call`` reconstructs
+    E[x|z_mean].
+
+    ``beta`` is a non-trainable variable holding the KL weight of the current step. With a
+    ``beta_schedule`` (a function of the optimizer's step count, see `vaelab.training.kl_schedule`)
+    the train step sets it before computing the loss; otherwise it stays as assigned.
+    """
+
+    def __init__(
+        self,
+        encoder: keras.Model,
+        decoder: keras.Model,
+        likelihood: str = "bernoulli",
+        sigma: float = 1.0,
+        free_bits: float = 0.0,
+        target_beta: float = 1.0,
+        seed: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.sigma = sigma
+        self.free_bits = free_bits
+        self.target_beta = target_beta
+        self.seed = seed
+        self.sampling = Sampling(seed=seed, name="sampling")
+        self.beta_schedule = None  # training configuration, not part of the saved model
+        self.beta = self.add_weight(shape=(), initializer="ones", trainable=False, name="beta")
+        self.trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss", "objective", "reconstruction", "kl", "neg_elbo")
+        }
+
+    @property
+    def metrics(self) -> list:
+        return list(self.trackers.values())
+
+    def call(self, inputs, training: bool = False):
+        z_mean, _ = self.encoder(inputs, training=training)
+        return ops.sigmoid(self.decoder(z_mean, training=training))
+
+    def loss_parts(self, x, training: bool = False) -> dict:
+        """One-sample estimates of the loss parts on batch ``x`` (targets are ``x``)."""
+        z_mean, z_log_var = self.encoder(x, training=training)
+        z = self.sampling([z_mean, z_log_var])
+        logits = self.decoder(z, training=training)
+        return vae_loss(
+            x,
+            logits,
+            z_mean,
+            z_log_var,
+            self.beta,
+            self.likelihood,
+            self.sigma,
+            self.free_bits,
+            self.target_beta,
+        )
+
+    def _record(self, parts: dict) -> dict:
+        for name, tracker in self.trackers.items():
+            tracker.update_state(parts[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        import tensorflow as tf  # the TensorFlow backend's gradient tape
+
+        if self.beta_schedule is not None:
+            self.beta.assign(self.beta_schedule(self.optimizer.iterations))
+        # Under a tf.distribute strategy each replica sees a slice of the batch and the
+        # gradients are summed across replicas: scale so that the sum is the batch mean.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            parts = self.loss_parts(data, training=True)
+            scaled = parts["loss"] / replicas
+        grads = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply(grads, self.trainable_weights)
+        return self._record(parts)
+
+    def test_step(self, data):
+        return self._record(self.loss_parts(data, training=False))
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "likelihood": self.likelihood,
+            "sigma": self.sigma,
+            "free_bits": self.free_bits,
+            "target_beta": self.target_beta,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> VAE:
+        config = dict(config)
+        for part in ("encoder", "decoder"):
+            config[part] = keras.saving.deserialize_keras_object(config[part])
+        return cls(**config)
+
+
+def build_vae(cfg: Train, seed: int) -> VAE:
+    """The VAE described by the train section of params.yaml, built on MNIST's image shape."""
+    vae = VAE(
+        build_encoder(cfg.architecture),
+        build_decoder(cfg.architecture),
+        likelihood=cfg.likelihood.kind,
+        sigma=cfg.likelihood.sigma,
+        free_bits=cfg.kl.free_bits,
+        target_beta=cfg.kl.beta,
+        seed=seed,
+        name="vae",
+    )
+    vae(ops.zeros((1, *IMAGE_SHAPE)))  # builds every sub-model before fit or BackupAndRestore
+    return vae

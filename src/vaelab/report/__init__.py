@@ -1,0 +1,1 @@
+"""Figures: plot helpers and the figures stage that renders a trained run."""

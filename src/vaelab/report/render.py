@@ -1,0 +1,76 @@
+"""The figures stage: render every figure of a trained run into results/figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vaelab.core.params import Params
+from vaelab.core.paths import Artifacts
+from vaelab.data.prepared import model_data, read_meta
+from vaelab.evaluation.latent import read_latent_table
+from vaelab.model.io import decode_means, encode_means, latent_dim, load_vae, sample_prior
+from vaelab.report import plots
+from vaelab.training.history import read_history
+from vaelab.training.pipeline import batch_transform
+
+
+def _projection(z: np.ndarray, method: str, seed: int) -> np.ndarray:
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(n_components=2, random_state=seed, init="pca").fit_transform(z)
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, random_state=seed).fit_transform(z)
+
+
+def render_all(params: Params) -> dict[str, Path]:
+    """Draw the run's figures; return {name: png path}."""
+    cfg, seed, paths = params.figures, params.base.seed, Artifacts.of(params)
+    vae = load_vae(paths.model)
+    dim = latent_dim(vae)
+    x_test, y_test = model_data(paths, "test")
+    history = read_history(paths.train_history)
+    kl, act = read_latent_table(paths.latent_dims)
+    drawn = {
+        "reconstructions": plots.reconstructions(
+            x_test[: cfg.columns], vae.predict(x_test[: cfg.columns], verbose=0)
+        ),
+        "prior_samples": plots.grid_figure(
+            sample_prior(vae, cfg.grid**2, seed),
+            cfg.grid,
+            f"Samples from the prior: E[x|z], z ~ N(0, I), {cfg.grid}x{cfg.grid}",
+        ),
+        "training_curves": plots.training_curves(history),
+        "schedules": plots.schedules(history),
+        "kl_per_dimension": plots.kl_per_dimension(kl, act),
+    }
+    values = np.linspace(-cfg.traversal_range, cfg.traversal_range, cfg.traversal_steps)
+    if dim == 2:
+        grid = np.array([[a, b] for b in values[::-1] for a in values])
+        drawn["latent_traversals"] = plots.manifold(
+            decode_means(vae, grid), len(values), cfg.traversal_range
+        )
+    else:
+        dims = [int(d) for d in np.argsort(-kl)[: cfg.traversal_dims]]
+        rows = []
+        for d in dims:
+            z = np.zeros((len(values), dim))
+            z[:, d] = values
+            rows.append(decode_means(vae, z))
+        drawn["latent_traversals"] = plots.traversals(rows, dims, values)
+    n = min(cfg.projection_points, len(x_test))
+    z_test = encode_means(vae, x_test[:n], 500)
+    points = z_test if dim == 2 else _projection(z_test, cfg.projection, seed)
+    drawn["latent_projection"] = plots.latent_projection(
+        points, y_test[:n], "latent" if dim == 2 else cfg.projection
+    )
+    originals = model_data(paths, "train", fixed_draw=False)[0][: cfg.columns]
+    transform = batch_transform(params.prepare.augment, seed, read_meta(paths)["binarize"])
+    draws = [np.asarray(transform(originals)) if transform else originals for _ in range(3)]
+    drawn["augmentation_preview"] = plots.augmentation_preview(originals, draws)
+    return {
+        name: plots.save_figure(fig, paths.figures / f"{name}.png") for name, fig in drawn.items()
+    }

@@ -1,0 +1,1 @@
+"""The raw MNIST files: where they come from (fetch), what they must hash to, how to read IDX."""

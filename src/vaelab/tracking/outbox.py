@@ -1,0 +1,248 @@
+"""MLflow logging that survives a tracking server going away, and never logs anything twice.
+
+Everything a stage logs after training (per-epoch rows still unsent, summary metrics, tags,
+artifacts, the serving model, the final status) is one `Delivery`, sent part by part. If a
+part fails, the delivery is kept on disk under ``<project>/<base.paths.state>/outbox/``
+(files copied, since DVC outputs change with the next run) together with the parts already
+sent, and the stage finishes normally. Send what is kept once the server is back:
+
+    python -m vaelab.tracking.outbox
+
+A replay sends only the parts not yet sent. Metrics carry the delivery's own timestamp, so
+even a part whose acknowledgement was lost arrives as the same values, not new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaelab.core.atomic import write_json
+from vaelab.core.errors import VaelabError
+from vaelab.core.params import Params
+from vaelab.core.paths import Artifacts
+
+COMMAND = "python -m vaelab.tracking.outbox"
+_BATCH = 1000  # MLflow's limit of metrics per request
+_SENT, _DELIVERY, _OWNER, _PARTIAL = "sent.json", "delivery.json", "owner.pid", ".partial-"
+
+
+@dataclass
+class Delivery:
+    run_id: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    rows: list[dict[str, float]] = field(default_factory=list)  # per-epoch, step = "epoch"
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: list[tuple[str, str]] = field(default_factory=list)  # (file, artifact dir)
+    model: str | None = None  # a VAE .keras file, logged as the serving MLflow model
+    status: str | None = None  # end the run with this status once the rest is logged
+    timestamp: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def describe(self) -> str:
+        parts = [f"{len(self.rows)} epoch rows"] if self.rows else []
+        parts += [f"{len(self.metrics)} metrics"] if self.metrics else []
+        parts += [f"{len(self.artifacts)} artifacts"] if self.artifacts else []
+        parts += ["the model"] if self.model else []
+        return ", ".join(parts) or "nothing"
+
+
+def parts(delivery: Delivery) -> list[tuple[str, Callable[[], None]]]:
+    """(part id, send it) in sending order; the status comes last."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client, run_id, now = mlflow.MlflowClient(), delivery.run_id, delivery.timestamp
+    metrics = [
+        Metric(k, float(v), now, int(row["epoch"]))
+        for row in delivery.rows
+        for k, v in row.items()
+        if k != "epoch"
+    ]
+    metrics += [Metric(k, float(v), now, 0) for k, v in delivery.metrics.items()]
+    found: list[tuple[str, Callable[[], None]]] = []
+    for start in range(0, len(metrics), _BATCH):
+        batch = metrics[start : start + _BATCH]
+        found.append((f"metrics:{start}", lambda b=batch: client.log_batch(run_id, metrics=b)))
+    for key, value in delivery.tags.items():
+        found.append((f"tag:{key}", lambda k=key, v=value: client.set_tag(run_id, k, v)))
+    for index, (path, folder) in enumerate(delivery.artifacts):
+        found.append(
+            (f"artifact:{index}", lambda p=path, f=folder: client.log_artifact(run_id, p, f))
+        )
+    if delivery.model:
+        found.append(("model", lambda: _log_serving_model(run_id, delivery.model)))
+    if delivery.status:
+        found.append(("status", lambda: client.set_terminated(run_id, delivery.status)))
+    return found
+
+
+def send(delivery: Delivery, sent: set[str], record: Callable[[str], None] = lambda part: None):
+    """Send every part not in ``sent``, adding each to it (and calling ``record``) once the
+    store has taken it; raises at the first part the store does not take."""
+    for part, send_part in parts(delivery):
+        if part not in sent:
+            send_part()
+            sent.add(part)
+            record(part)
+
+
+def _log_serving_model(run_id: str, path: str) -> None:
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from vaelab.core.mnist import IMAGE_SHAPE
+    from vaelab.model.io import load_vae, reconstruction_model
+
+    serving = reconstruction_model(load_vae(path))
+    example = np.zeros((1, *IMAGE_SHAPE), np.float32)
+    signature = infer_signature(example, serving.predict(example, verbose=0))
+    with mlflow.start_run(run_id=run_id):
+        mlflow.keras.log_model(serving, name="model", signature=signature)
+
+
+def deliver(delivery: Delivery, outbox: Path) -> bool:
+    """Send now; on failure keep what is unsent in the outbox and say so. True if all went."""
+    sent: set[str] = set()
+    try:
+        send(delivery, sent)
+        return True
+    except Exception as exc:  # any tracking failure: keep the data, finish the stage
+        kept = keep(delivery, outbox, sent)
+        print(
+            f"warning: could not log {delivery.describe()} to MLflow run "
+            f"{delivery.run_id} ({type(exc).__name__}: {exc}).\nKept in {kept}; send it "
+            f"when the tracking server is back with: {COMMAND}",
+            file=sys.stderr,
+        )
+        return False
+
+
+def keep(delivery: Delivery, outbox: Path, sent: set[str]) -> Path:
+    """Copy the delivery, its files and the parts already ``sent`` into a new entry of
+    ``outbox``; return its folder. The entry appears complete or not at all: it is built
+    under a partial name and renamed into place."""
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{delivery.run_id}-{time.time_ns()}"
+    partial = outbox / f"{_PARTIAL}{name}"
+    files = partial / "files"
+    files.mkdir(parents=True)
+    (partial / _OWNER).write_text(str(os.getpid()))
+
+    def stash(path: str) -> str:  # one folder per file keeps the artifact's own name
+        folder = files / str(len(list(files.iterdir())))
+        folder.mkdir()
+        return str(Path(shutil.copy(path, folder)).relative_to(partial))  # the entry moves
+
+    stored = Delivery(
+        delivery.run_id,
+        delivery.metrics,
+        delivery.rows,
+        delivery.tags,
+        [(stash(p), d) for p, d in delivery.artifacts],
+        stash(delivery.model) if delivery.model else None,
+        delivery.status,
+        delivery.timestamp,
+    )
+    write_json(partial / _DELIVERY, asdict(stored))
+    write_json(partial / _SENT, sorted(sent))
+    (partial / _OWNER).unlink()
+    entry = outbox / name
+    os.rename(partial, entry)
+    return entry
+
+
+def _load(entry: Path) -> tuple[Delivery, set[str]]:
+    data: dict[str, Any] = json.loads((entry / _DELIVERY).read_text())
+    data["artifacts"] = [(str(entry / path), folder) for path, folder in data["artifacts"]]
+    data["model"] = str(entry / data["model"]) if data["model"] else None
+    return Delivery(**data), set(json.loads((entry / _SENT).read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_partial(outbox: Path) -> list[Path]:
+    """Remove entries whose writer died before finishing them; return what was removed."""
+    removed = []
+    for partial in outbox.glob(f"{_PARTIAL}*"):
+        owner = partial / _OWNER
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if pid == 0 or not _alive(pid):
+            shutil.rmtree(partial)
+            removed.append(partial)
+    return removed
+
+
+@contextlib.contextmanager
+def exclusive(outbox: Path) -> Iterator[None]:
+    """Hold the outbox's flush lock, or raise VaelabError if another flush holds it."""
+    outbox.mkdir(parents=True, exist_ok=True)
+    with open(outbox / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VaelabError(
+                f"another `{COMMAND}` is sending {outbox} right now; wait for it to finish, "
+                "then run it again if anything is still kept"
+            ) from None
+        yield
+
+
+def flush(outbox: Path) -> tuple[int, int]:
+    """Send every delivery kept in ``outbox``, oldest first; return (sent, still kept)."""
+    with exclusive(outbox):
+        for partial in clean_partial(outbox):
+            print(f"removed {partial.name}: its writer died before it was complete")
+        entries = sorted(p for p in outbox.iterdir() if p.is_dir() and (p / _SENT).is_file())
+        done = 0
+        for entry in entries:
+            delivery, sent = _load(entry)
+
+            def record(_part: str, entry: Path = entry, sent: set[str] = sent) -> None:
+                write_json(entry / _SENT, sorted(sent))
+
+            try:
+                send(delivery, sent, record)
+            except Exception as exc:  # still unreachable: keep it, report, try the rest
+                print(f"still kept: {entry.name} ({type(exc).__name__}: {exc})", file=sys.stderr)
+                continue
+            shutil.rmtree(entry)
+            done += 1
+            print(f"sent {delivery.describe()} to run {delivery.run_id}")
+    return done, len(entries) - done
+
+
+def main(params: Params) -> None:
+    from vaelab.tracking.store import connect
+
+    connect(require=True)
+    outbox = Artifacts.of(params).outbox()
+    sent, kept = flush(outbox)
+    print(f"outbox: {sent} sent, {kept} still kept ({outbox})")
+    if kept:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from vaelab.core.cli import run_stage
+
+    run_stage(main)

@@ -1,0 +1,203 @@
+"""What identifies a training run in MLflow: its tags and name, starting or resuming it, and
+finding it again from the train stage's outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from vaelab.core.atomic import write_text
+from vaelab.core.errors import VaelabError
+from vaelab.core.params import Params
+from vaelab.core.paths import Artifacts, project_root
+from vaelab.tracking.store import connect, ensure_experiment
+
+SWEEP_ENV = "VAELAB_SWEEP"
+PARENT_ENV = "VAELAB_PARENT_RUN_ID"  # set by `python -m vaelab.experiments.sweep`: runs nest
+
+
+def tag_filter(key: str, value: str) -> str:
+    """An MLflow search filter ``tags.<key> = <value>``, quoted so that any value matches."""
+    if "'" not in value:
+        return f"tags.{key} = '{value}'"
+    if '"' not in value:
+        return f'tags.{key} = "{value}"'
+    raise VaelabError(
+        f"{key} {value!r} holds both ' and \" quotes, which an MLflow search cannot match: "
+        "use a name without one of them"
+    )
+
+
+def adopt_project_run(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """The run `mlflow run` created for this entry point ($MLFLOW_RUN_ID), if any. The variable
+    is removed, so that nothing started later (a subprocess, another run) logs into it."""
+    return environ.pop("MLFLOW_RUN_ID", None)
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """Commit and dirty flag of the repository at ``root`` (empty if not a git repository)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        return {
+            "mlflow.source.git.commit": git("rev-parse", "HEAD"),
+            "git_dirty": str(bool(git("status", "--porcelain"))).lower(),
+        }
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+
+
+def run_name(params: Params) -> str:
+    """What distinguishes the run at a glance, e.g. ``beta=4 cyclical fb=0.5, mlp z=32``."""
+    if params.train.run_name:
+        return params.train.run_name
+    kl, arch = params.train.kl, params.train.architecture
+    name = f"beta={kl.beta:g} {kl.schedule}"
+    if kl.free_bits:
+        name += f" fb={kl.free_bits:g}"
+    return f"{name}, {arch.kind} z={arch.latent_dim}"
+
+
+def start_training_run(
+    params: Params,
+    data_md5: Mapping[str, str],
+    run_file: Path,
+    environ: MutableMapping[str, str] = os.environ,
+) -> str:
+    """The training's MLflow run id: resumed, adopted or new.
+
+    - ``run_file`` exists: a resumed training continues its own run.
+    - ``$MLFLOW_RUN_ID`` is set (``mlflow run`` created a run for this entry point): that
+      run is the training run (see `adopt_project_run`).
+    - otherwise a new run in ``base.experiment``.
+    The run is driven through the client (no fluent "active run"), so a tracking server that
+    goes away mid-training cannot fail the stage; see `vaelab.tracking.outbox`.
+    """
+    import mlflow
+    from mlflow.entities import Param
+
+    uri = connect(require=True, environ=environ)
+    adopted = adopt_project_run(environ)
+    client = mlflow.MlflowClient()
+    if run_file.is_file():
+        run_id = run_file.read_text().strip()
+        _check_run_in_store(run_id, uri, run_file)
+        client.update_run(run_id, status="RUNNING")
+        print(f"resuming MLflow run {run_id} from {run_file.parent}")
+        return run_id
+    name = run_name(params)
+    tags = {**run_tags(params, project_root(environ), data_md5, environ), "mlflow.runName": name}
+    if adopted:
+        run_id = adopted
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+    else:
+        experiment_id = ensure_experiment(params.base.experiment)
+        run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.flat().items()])
+    write_text(run_file, run_id)
+    return run_id
+
+
+def _check_run_in_store(run_id: str, uri: str, run_file: Path) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise VaelabError(
+            f"{run_file}: the interrupted training's MLflow run {run_id} is not in the tracking "
+            f"store {uri}. Point MLFLOW_TRACKING_URI back at the store it started in to resume "
+            f"it, or delete {run_file.parent} to train from scratch."
+        ) from None
+
+
+def start_command_run(experiment: str, name: str):
+    """The fluent run a command (compare, sweep) logs into: the one `mlflow run` created for
+    it, or a new one in ``experiment``."""
+    import mlflow
+
+    adopted = adopt_project_run()
+    if adopted:
+        return mlflow.start_run(run_id=adopted)
+    return mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=name)
+
+
+def last_logged_epoch(run_id: str) -> int:
+    """The last epoch whose metrics are in the run (0 for a new run)."""
+    import mlflow
+
+    return max(
+        (m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")), default=0
+    )
+
+
+def end_run_quietly(run_id: str, status: str) -> None:
+    """Mark the run ended; a store that does not answer is only reported."""
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().set_terminated(run_id, status)
+    except Exception as exc:  # the failure being reported matters more
+        print(f"warning: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
+
+
+def training_run_id(params: Params) -> str:
+    """The MLflow run the train stage recorded, with the store connected."""
+    path = Artifacts.of(params).train_run
+    try:
+        run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError(f"run_id {run_id!r} is not a run id")
+    except FileNotFoundError:
+        raise VaelabError(f"{path}: missing; run `dvc repro train` (or `dvc checkout`)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VaelabError(
+            f"{path}: no training run recorded ({exc}); restore it with `dvc checkout` or "
+            "re-run `dvc repro train`"
+        ) from None
+    connect()
+    return run_id
+
+
+def run_tags(
+    params: Params, root: Path, data_md5: Mapping[str, str], environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    kl = params.train.kl
+    tags = {
+        **git_state(root),
+        "beta": f"{kl.beta:g}",
+        "kl_schedule": kl.schedule,
+        "free_bits": f"{kl.free_bits:g}",
+        **{f"data_md5.{split}": md5 for split, md5 in data_md5.items()},
+    }
+    if environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = environ["DVC_EXP_NAME"]
+    if environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_exp_baseline_rev"] = environ["DVC_EXP_BASELINE_REV"]
+    # Runs of one sweep share a tag the UI can filter on: $VAELAB_SWEEP if given, else the
+    # commit the DVC experiments were queued from.
+    sweep = environ.get(SWEEP_ENV) or environ.get("DVC_EXP_BASELINE_REV", "")[:7]
+    if sweep:
+        tags["sweep"] = sweep
+    if environ.get(PARENT_ENV):
+        tags["mlflow.parentRunId"] = environ[PARENT_ENV]
+    return tags
+
+
+def log_to_training_run(params: Params, run_id: str, **parts: Any) -> None:
+    """Send ``parts`` (see `Delivery`) to the training's run, or keep them in the outbox."""
+    from vaelab.tracking.outbox import Delivery, deliver
+
+    if deliver(Delivery(run_id, **parts), Artifacts.of(params).outbox()):
+        print(f"logged to MLflow run {run_id}")

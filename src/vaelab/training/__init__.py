@@ -1,0 +1,1 @@
+"""Training: input pipeline, KL schedule, optimizer, callbacks and the resumable train loop."""

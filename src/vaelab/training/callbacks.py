@@ -1,0 +1,79 @@
+"""Training callbacks: beta and learning rate in the logs, a resumable per-epoch history, the
+best-model checkpoint, and early stopping that remembers the epochs before an interruption."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+
+from vaelab.core.atomic import save_model, write_text
+from vaelab.training.history import history_csv, read_history
+from vaelab.training.optim import current_learning_rate
+
+# The run's own objective at its target beta: a KL warm-up does not look like overfitting,
+# and a beta = 4 run keeps the checkpoint that is best for beta = 4.
+MONITOR = "val_objective"
+
+
+class EpochExtras(keras.callbacks.Callback):
+    """Adds beta and learning_rate as applied at the epoch's last step, and epoch_time
+    (seconds, validation included), to each epoch's logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["beta"] = float(keras.ops.convert_to_numpy(self.model.beta))
+        logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+        logs["epoch_time"] = time.perf_counter() - self._started
+
+
+class EpochHistory(keras.callbacks.Callback):
+    """The per-epoch history, rewritten atomically after every epoch. It lives with the resume
+    state, so a resumed run keeps the epochs before the interruption, without duplicates."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.rows = read_history(self.path)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # An epoch recorded here but not in the restored backup is run again: forget it.
+        self.rows = [row for row in self.rows if row["epoch"] <= epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+        write_text(self.path, history_csv(self.rows))
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model whenever ``monitor`` reaches a new minimum, atomically: a kill during
+    the save leaves the previous best intact (Keras' ModelCheckpoint writes in place)."""
+
+    def __init__(self, path: Path, monitor: str, best: float | None = None) -> None:
+        super().__init__()
+        self.path, self.monitor, self.best = path, monitor, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float(logs[self.monitor])
+        if self.best is None or value < self.best:
+            save_model(self.model, self.path)
+            self.best = value
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose patience counts the epochs recorded before a resume, too."""
+
+    def __init__(self, history: EpochHistory, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.history = history
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        values = [row[self.monitor] for row in self.history.rows if self.monitor in row]
+        if values:
+            best = min(range(len(values)), key=values.__getitem__)
+            self.best, self.best_epoch = values[best], best
+            self.wait = len(values) - 1 - best

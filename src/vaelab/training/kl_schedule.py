@@ -1,0 +1,40 @@
+"""KL weight schedules: beta as a function of training progress, evaluated inside the train
+step (from the optimizer's step counter), so changing beta every step costs no Python call."""
+
+from __future__ import annotations
+
+from keras import ops
+
+from vaelab.core.params import KLWeight
+
+
+def beta_at(cfg: KLWeight, progress, total: float):
+    """beta after ``progress`` units (epochs or steps, per ``cfg.unit``) of ``total``.
+
+    constant: beta throughout. linear: 0 -> beta over ``warmup`` units, then beta
+    (Bowman et al. 2016). cyclical: ``cycles`` equal cycles over ``total``; in each, beta
+    rises linearly over the first ``ratio`` of the cycle and stays at beta for the rest
+    (Fu et al. 2019). Works on tensors (in the train step) and on Python numbers.
+    """
+    progress = ops.cast(progress, "float32")
+    if cfg.schedule == "constant":
+        return ops.full((), cfg.beta)
+    if cfg.schedule == "linear":
+        return cfg.beta * ops.minimum(1.0, progress / cfg.warmup)
+    period = total / cfg.cycles
+    phase = ops.where(progress < total, ops.mod(progress, period) / period, 1.0)
+    return cfg.beta * ops.minimum(1.0, phase / cfg.ratio)
+
+
+class BetaSchedule:
+    """Maps the optimizer's step count to beta for a run of ``epochs`` x ``steps_per_epoch``."""
+
+    def __init__(self, cfg: KLWeight, epochs: int, steps_per_epoch: int) -> None:
+        self.cfg, self.steps_per_epoch = cfg, steps_per_epoch
+        self.total = epochs if cfg.unit == "epoch" else epochs * steps_per_epoch
+
+    def __call__(self, step):
+        progress = ops.cast(step, "float32")
+        if self.cfg.unit == "epoch":
+            progress = progress / self.steps_per_epoch
+        return beta_at(self.cfg, progress, self.total)

@@ -1,0 +1,197 @@
+"""Train the VAE described by params.yaml, tracked in one MLflow run, resumable after a kill.
+
+Resume state (Keras BackupAndRestore, the best checkpoint so far, the per-epoch history and
+the MLflow run id) lives under ``base.paths.state`` in a folder keyed by everything that
+determines the training, never in a DVC output: `dvc repro` deletes outputs before it
+re-runs a stage, and a resumed run must keep its epochs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from vaelab.core.atomic import atomic_write, write_json, write_text
+from vaelab.core.errors import DataFileError, TrainingDiverged
+from vaelab.core.params import Params
+from vaelab.core.paths import Artifacts
+from vaelab.data.prepared import model_data, read_meta
+
+BEST = "best.keras"
+
+
+def state_dir(params: Params, data_md5: dict[str, str]) -> Path:
+    """The resume-state folder of this exact training (params, seed and data)."""
+    key = json.dumps(
+        {
+            "train": params.train.model_dump(),
+            "augment": params.prepare.augment.model_dump(),
+            "seed": params.base.seed,
+            "data": data_md5,
+        },
+        sort_keys=True,
+    )
+    return Artifacts.of(params).training_state(hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def distribution_strategy(enabled: bool, device_type: str = "GPU"):
+    """MirroredStrategy over the visible devices of ``device_type`` when ``enabled`` and there
+    are several; otherwise TensorFlow's default single-device strategy."""
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices(device_type)
+    if enabled and len(devices) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
+def summarize(rows: list[dict[str, float]], monitor: str) -> dict[str, Any]:
+    """Training metrics for DVC: the best epoch's validation numbers, epochs and time."""
+    best = min(rows, key=lambda row: row[monitor])
+    return {
+        "best_epoch": int(best["epoch"]),
+        "epochs": int(rows[-1]["epoch"]),
+        "train_seconds": round(sum(row["epoch_time"] for row in rows), 1),
+        **{key: round(best[key], 4) for key in best if key.startswith("val_")},
+    }
+
+
+def build_callbacks(params: Params, state: Path, history, logger) -> list:
+    """The training callbacks, in the order their epoch-end hooks must run: the history row
+    is written before the backup, and MLflow hears of an epoch only once it is backed up."""
+    import keras
+
+    from vaelab.training.callbacks import (
+        MONITOR,
+        BestCheckpoint,
+        EpochExtras,
+        ResumableEarlyStopping,
+    )
+
+    cfg = params.train
+    best_so_far = min((row[MONITOR] for row in history.rows), default=None)
+    callbacks = [EpochExtras(), keras.callbacks.TerminateOnNaN(raise_error=True)]
+    if cfg.reduce_on_plateau.enabled:
+        rop = cfg.reduce_on_plateau
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=MONITOR,
+                mode="min",
+                factor=rop.factor,
+                patience=rop.patience,
+                min_lr=rop.min_lr,
+            )
+        )
+    callbacks += [
+        BestCheckpoint(state / BEST, MONITOR, best_so_far),
+        history,
+        # double_checkpoint: a kill while the backup is written falls back to the one before
+        keras.callbacks.BackupAndRestore(str(state / "backup"), double_checkpoint=True),
+        logger,
+    ]
+    if cfg.early_stopping.enabled:
+        es = cfg.early_stopping
+        callbacks.append(
+            ResumableEarlyStopping(
+                history,
+                monitor=MONITOR,
+                mode="min",
+                patience=es.patience,
+                min_delta=es.min_delta,
+                start_from_epoch=es.start_from_epoch,
+                restore_best_weights=True,
+            )
+        )
+    return callbacks
+
+
+def verified_checkpoint(state: Path) -> bytes:
+    """The best checkpoint's bytes, once it has loaded as a VAE (never a damaged DVC output)."""
+    from vaelab.model.io import load_vae
+
+    try:
+        load_vae(state / BEST)
+    except DataFileError as exc:
+        raise DataFileError(
+            state / BEST,
+            f"the best checkpoint is damaged ({exc})",
+            f"Delete {state} and re-run `dvc repro train` to train from scratch",
+        ) from None
+    return (state / BEST).read_bytes()
+
+
+def train(params: Params) -> dict[str, Any]:
+    """Run (or resume) the training; write the DVC outputs; return the summary metrics."""
+    import keras
+
+    from vaelab.model.vae import build_vae
+    from vaelab.tracking import runs
+    from vaelab.tracking.epochs import MlflowEpochLogger
+    from vaelab.tracking.outbox import Delivery, deliver
+    from vaelab.training.callbacks import MONITOR, EpochHistory
+    from vaelab.training.kl_schedule import BetaSchedule
+    from vaelab.training.optim import build_optimizer
+    from vaelab.training.pipeline import evaluation_dataset, training_dataset
+
+    cfg, seed, paths = params.train, params.base.seed, Artifacts.of(params)
+    keras.utils.set_random_seed(seed)
+
+    meta = read_meta(paths)
+    x_train, _ = model_data(paths, "train", fixed_draw=False)
+    x_val, _ = model_data(paths, "val")
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    train_ds = training_dataset(
+        x_train, cfg.batch_size, seed, params.prepare.augment, meta["binarize"]
+    )
+    val_ds = evaluation_dataset(x_val, cfg.batch_size)
+
+    state = state_dir(params, meta["md5"])
+    run_id = runs.start_training_run(params, meta["md5"], state / "mlflow_run_id")
+    history = EpochHistory(state / "history.csv")
+    logger = MlflowEpochLogger(history, run_id, runs.last_logged_epoch(run_id))
+    try:
+        with distribution_strategy(cfg.distribute).scope():
+            model = build_vae(cfg, seed)
+            model.beta_schedule = BetaSchedule(cfg.kl, cfg.epochs, steps_per_epoch)
+            model.compile(optimizer=build_optimizer(cfg, steps_per_epoch))
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            shuffle=False,
+            callbacks=build_callbacks(params, state, history, logger),
+            verbose=2,
+        )
+    except BaseException as exc:
+        runs.end_run_quietly(run_id, "FAILED")
+        if isinstance(exc, RuntimeError) and "NaN or Inf loss" in str(exc):
+            raise TrainingDiverged(
+                f"training diverged: {exc} The best model so far is kept in {state / BEST}. "
+                "Lower train.optimizer.learning_rate (or set train.optimizer.clipnorm) and "
+                "re-run."
+            ) from None
+        raise
+
+    summary = summarize(history.rows, MONITOR)
+    with atomic_write(paths.model) as handle:
+        handle.write(verified_checkpoint(state))
+    write_text(paths.train_history, (state / "history.csv").read_text())
+    write_json(paths.train_metrics, summary)
+    write_json(paths.train_run, {"run_id": run_id, "experiment": params.base.experiment})
+    deliver(
+        Delivery(
+            run_id,
+            metrics={f"best_{k}": v for k, v in summary.items()},
+            rows=logger.pending(),
+            artifacts=[(str(paths.train_history), "train"), (str(paths.model), "train")],
+            model=str(paths.model),
+            status="FINISHED",
+        ),
+        paths.outbox(),
+    )
+    shutil.rmtree(state)
+    return summary

@@ -1,0 +1,100 @@
+"""tf.data input pipelines: shuffle, batch, augment with Keras preprocessing layers,
+binarize dynamically, prefetch. Seeded, so two runs with one seed see the same batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from vaelab.core.params import Augment
+
+
+class DynamicBinarization(layers.Layer):
+    """A fresh Bernoulli draw per pixel (p = intensity) every time a batch passes."""
+
+    def __init__(self, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
+
+    def call(self, x):
+        noise = keras.random.uniform(ops.shape(x), seed=self.seed_generator)
+        return ops.cast(noise < x, x.dtype)
+
+
+def augmentation_layers(cfg: Augment, seed: int, binary: bool = False) -> list[layers.Layer]:
+    """Keras preprocessing layers for the enabled augmentations (empty when disabled).
+
+    ``binary`` inputs (static binarization) are resampled with nearest-neighbour
+    interpolation so they stay binary.
+    """
+    if not cfg.enabled:
+        return []
+    fill = {
+        "fill_mode": "constant",
+        "fill_value": 0.0,
+        "interpolation": "nearest" if binary else "bilinear",
+    }
+    chosen: list[layers.Layer] = []
+    if cfg.rotation:
+        chosen.append(layers.RandomRotation(cfg.rotation / 360.0, seed=seed + 1, **fill))
+    if cfg.shift:
+        chosen.append(layers.RandomTranslation(cfg.shift, cfg.shift, seed=seed + 2, **fill))
+    if cfg.shear:
+        chosen.append(layers.RandomShear(cfg.shear, cfg.shear, seed=seed + 3, **fill))
+    if cfg.zoom:
+        chosen.append(layers.RandomZoom(cfg.zoom, cfg.zoom, seed=seed + 4, **fill))
+    flip = {
+        (True, False): "horizontal",
+        (False, True): "vertical",
+        (True, True): "horizontal_and_vertical",
+    }.get((cfg.horizontal_flip, cfg.vertical_flip))
+    if flip:
+        chosen.append(layers.RandomFlip(flip, seed=seed + 5))
+    return chosen
+
+
+def batch_transform(augment: Augment, seed: int, binarize: str) -> Callable | None:
+    """Augment, then binarize if ``binarize`` is dynamic; None when there is nothing to do.
+
+    The layers' seed generators are stateful: each call draws anew, reproducibly.
+    """
+    steps = augmentation_layers(augment, seed, binary=binarize == "static")
+    if binarize == "dynamic":
+        steps.append(DynamicBinarization(seed=seed + 6))
+    if not steps:
+        return None
+
+    def transform(batch):
+        for step in steps:
+            batch = step(batch, training=True)
+        return ops.clip(batch, 0.0, 1.0)
+
+    return transform
+
+
+def training_dataset(
+    x: np.ndarray, batch_size: int, seed: int, augment: Augment, binarize: str
+) -> tf.data.Dataset:
+    """Reshuffled every epoch, then transformed per batch (see `batch_transform`)."""
+    ds = (
+        tf.data.Dataset.from_tensor_slices(x)
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+    )
+    transform = batch_transform(augment, seed, binarize)
+    if transform is not None:
+        # A sequential map: with stateful seed generators, parallel calls would make the
+        # draws depend on thread timing. Prefetch still overlaps it with training.
+        ds = ds.map(transform)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(x: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    return (
+        tf.data.Dataset.from_tensor_slices(x).batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)
+    )

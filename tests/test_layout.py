@@ -1,0 +1,101 @@
+"""One owner per fact: artifact paths live in vaelab.core.paths (and dvc.yaml agrees), nothing
+else hard-codes them, and every image the docs show is a file in git."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, committed_params
+from vaelab.core.paths import Artifacts
+
+PATH_LITERAL = re.compile(
+    r"(^|/)(results|models|data/raw|data/prepared|\.vaelab|reports)(/|$)|mlflow\.db|mlartifacts"
+)
+
+
+def _dvc_paths() -> set[Path]:
+    """Every output, metric and plot file dvc.yaml declares, with ${base.paths.*} filled in."""
+    paths = committed_params().base.paths.model_dump()
+    text = (ROOT / "dvc.yaml").read_text()
+    text = re.sub(r"\$\{base\.paths\.(\w+)\}", lambda m: paths[m.group(1)], text)
+    found = set()
+    for stage in yaml.safe_load(text)["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                found.add(Path(next(iter(entry)) if isinstance(entry, dict) else entry))
+    return found
+
+
+def test_dvc_yaml_outputs_are_the_paths_module_s():
+    a = Artifacts.of(committed_params())
+    named = {
+        a.raw,
+        a.prepared,
+        a.model,
+        a.classifier_model,
+        a.train_run,
+        a.train_metrics,
+        a.train_history,
+        a.classifier_metrics,
+        a.evaluate_metrics,
+        a.latent_dims,
+        a.figures,
+    }
+    assert _dvc_paths() == named
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                ids.add(id(body[0].value))
+    return ids
+
+
+@pytest.mark.parametrize("folder", ["src", "bench"])
+def test_no_artifact_path_is_hard_coded_outside_the_paths_module(folder):
+    owner = ROOT / "src/vaelab/core/paths.py"
+    offenders = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        if path == owner:
+            continue
+        tree = ast.parse(path.read_text())
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docs
+                and PATH_LITERAL.search(node.value)
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not offenders, "artifact paths belong in vaelab.core.paths:\n" + "\n".join(offenders)
+
+
+def _embedded_images(markdown: Path) -> list[Path]:
+    text = markdown.read_text()
+    targets = re.findall(r"!\[[^\]]*\]\(([^)\s]+)", text) + re.findall(
+        r'<img [^>]*src="([^"]+)"', text
+    )
+    return [(markdown.parent / t).resolve().relative_to(ROOT) for t in targets if "://" not in t]
+
+
+def test_every_image_the_docs_embed_is_tracked_by_git():
+    tracked = set(
+        subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    images = [(page, image) for page in pages for image in _embedded_images(page)]
+    assert any(page.name == "README.md" for page, _ in images), "the README shows no figure"
+    missing = [f"{p.relative_to(ROOT)} -> {i}" for p, i in images if str(i) not in tracked]
+    assert not missing, f"embedded but not in git: {missing}"

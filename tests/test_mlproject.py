@@ -1,0 +1,40 @@
+"""MLproject entry points: what MLflow builds from a parameter reaches the program as exactly
+that one argument, whatever the value (no shell injection, no word splitting)."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from mlflow.projects import _project_spec
+
+from tests.conftest import ROOT
+
+HOSTILE = "x'; echo INJECTED; ' $(touch pwned) `id` a b\"c"
+
+
+def _tokens(command: str) -> list[str]:
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    return list(lexer)
+
+
+PROJECT = _project_spec.load_project(str(ROOT))
+STRING_PARAMS = [
+    (entry, name)
+    for entry, spec in PROJECT._entry_points.items()
+    for name, param in spec.parameters.items()
+    if param.type == "string"
+]
+
+
+def test_every_string_parameter_is_checked():
+    assert ("compare", "sweep") in STRING_PARAMS and ("sweep", "name") in STRING_PARAMS
+
+
+@pytest.mark.parametrize(("entry", "name"), STRING_PARAMS)
+def test_a_hostile_value_arrives_as_one_argument(entry, name, tmp_path):
+    command = PROJECT.get_entry_point(entry).compute_command({name: HOSTILE}, str(tmp_path))
+    tokens = _tokens(command)
+    assert ";" not in tokens and "|" not in tokens and "&&" not in tokens
+    assert any(token == HOSTILE or token.endswith(f"={HOSTILE}") for token in tokens), tokens
