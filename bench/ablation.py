@@ -50,8 +50,7 @@ COLUMNS = [
     "test_neg_elbo",
     "test_active_units",
     "test_recon_mse_grayscale",
-    "best_train_seconds",
-    "best_epochs",
+    "train_seconds",
 ]
 
 

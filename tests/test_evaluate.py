@@ -148,8 +148,15 @@ def test_stages_write_metrics_figures_and_log_into_the_training_run(tiny_workdir
 
     run_id = json.loads(Path("results/train/run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
-    logged = mlflow.get_run(run_id).data.metrics
+    run = mlflow.get_run(run_id)
+    logged, tags = run.data.metrics, run.data.tags
     assert logged["test_nll"] == pytest.approx(metrics["nll"])
     assert logged["test_active_units"] == metrics["active_units"]
+    assert logged["best_val_neg_elbo"] > 0 and logged["train_seconds"] > 0
+    # settings and counts are tags, measurements are metrics, each under one name
+    assert tags["test_images"] == "60" and tags["importance_samples"] == "20"
+    assert tags["epochs_run"] == "2" and tags["best_epoch"] in ("1", "2")
+    doubled = [k for k in logged if k.startswith(("test_test", "best_best", "best_epoch"))]
+    assert not doubled and "test_latent_dim" not in logged and "test_seconds" not in logged
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "figures")}
     assert "figures/reconstructions.png" in names and len(names) == 8

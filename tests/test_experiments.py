@@ -14,6 +14,7 @@ import yaml
 
 from tests.conftest import commit_all, run
 from vaelab.experiments import compare
+from vaelab.tracking.runs import KIND_TAG
 
 
 def _store(project):
@@ -25,7 +26,7 @@ def _training_runs(client, **tags):
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
     experiment = client.get_experiment_by_name("vaelab")
     runs = client.search_runs([experiment.experiment_id], query)
-    return [r for r in runs if compare.KIND_TAG not in r.data.tags]
+    return [r for r in runs if KIND_TAG not in r.data.tags]
 
 
 @pytest.mark.slow
@@ -56,7 +57,7 @@ def test_queued_sweep_two_at_once_lands_in_the_project_store(project, real_mirro
     assert sorted(r.data.params["train.kl.beta"] for r in runs) == ["0.5", "1.0", "2.0"]
     parent = client.search_runs(
         [client.get_experiment_by_name("vaelab").experiment_id],
-        f"tags.`{compare.KIND_TAG}` = 'sweep'",
+        f"tags.`{KIND_TAG}` = 'sweep'",
     )[0]
     for r in runs:
         assert r.info.status == "FINISHED"
@@ -126,7 +127,7 @@ def test_compare_report_shows_failed_run_as_missing(tmp_path, monkeypatch):
     for name in ("rate_distortion", "validation_curves", "samples_side_by_side"):
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 5000
     comparison = mlflow.search_runs(
-        [experiment], f"tags.`{compare.KIND_TAG}` = 'comparison'", output_format="list"
+        [experiment], f"tags.`{KIND_TAG}` = 'comparison'", output_format="list"
     )
     assert len(comparison) == 1
     logged = {
@@ -235,7 +236,7 @@ def test_mlproject_compare_entry_point_in_a_virtualenv(project):
     assert len((project / "reports/compare/runs.csv").read_text().splitlines()) == 4
     client = _store(project)
     experiment = client.get_experiment_by_name("vaelab").experiment_id
-    (comparison,) = client.search_runs([experiment], f"tags.`{compare.KIND_TAG}` = 'comparison'")
+    (comparison,) = client.search_runs([experiment], f"tags.`{KIND_TAG}` = 'comparison'")
     assert comparison.data.tags["mlflow.project.entryPoint"] == "compare"
     assert comparison.data.tags["mlflow.project.env"] == "virtualenv"
     assert client.list_artifacts(comparison.info.run_id, "comparison")

@@ -4,8 +4,10 @@ else hard-codes them, and every image the docs show is a file in git."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,19 @@ def test_every_image_the_docs_embed_is_tracked_by_git():
     assert any(page.name == "README.md" for page, _ in images), "the README shows no figure"
     missing = [f"{p.relative_to(ROOT)} -> {i}" for p, i in images if str(i) not in tracked]
     assert not missing, f"embedded but not in git: {missing}"
+
+
+def test_the_model_is_a_dvc_artifact_and_the_figures_are_image_plots():
+    read = (  # DVC's own reading of dvc.yaml, in a process of its own (it sets up logging)
+        "import json; from dvc.repo import Repo; "
+        "a = Repo('.').artifacts.read()['dvc.yaml']['vae']; "
+        "print(json.dumps({'path': a.path, 'type': a.type, 'labels': a.labels, 'desc': a.desc}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", read], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    vae = json.loads(out.strip().splitlines()[-1])
+    assert Path(vae["path"]) == Artifacts.of(committed_params()).model
+    assert vae["type"] == "model" and "vae" in vae["labels"] and len(vae["desc"]) > 40
+    top_level = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    assert "${base.paths.results}/figures" in top_level

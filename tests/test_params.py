@@ -94,7 +94,7 @@ def test_mlproject_defaults_are_params_yaml_values():
         ({"fetch": {"mirrors": ["http://example.org"]}}, ["plain http", "allow_http"]),
         (
             {"bogus": {}},
-            ["bogus", "unknown key", "base, fetch, prepare, train, classifier, evaluate, figures"],
+            ["bogus", "unknown key", "base, tracking, fetch, prepare, train, classifier, evaluate"],
         ),
     ],
 )

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import run
+from tests.conftest import commit_all, run
 from vaelab.core.params import load_params
 from vaelab.core.paths import Artifacts
 from vaelab.data.prepared import load_prepared, read_meta
@@ -24,6 +24,7 @@ from vaelab.training.history import read_history
 @pytest.mark.slow
 def test_dvc_repro_whole_pipeline(project, real_mirror, monkeypatch):
     env = {"VAELAB_MNIST_MIRROR": str(real_mirror)}
+    code_commit = commit_all(project, "the code")
     out = run(["dvc", "repro"], project, env)
     for stage in ("fetch", "prepare", "train", "classifier", "evaluate", "figures"):
         assert f"Running stage '{stage}'" in out
@@ -39,7 +40,14 @@ def test_dvc_repro_whole_pipeline(project, real_mirror, monkeypatch):
     # The run landed in the store at the project root, with the test metrics.
     run_id = json.loads((project / "results/train/run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    assert mlflow.get_run(run_id).data.metrics["test_nll"] == pytest.approx(metrics["nll"])
+    training_run = mlflow.get_run(run_id)
+    assert training_run.data.metrics["test_nll"] == pytest.approx(metrics["nll"])
+    assert training_run.data.tags["mlflow.source.git.commit"] == code_commit
+    # MLflow's dataset inputs carry the hash dvc.lock records for the prepared data
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    (prepared,) = [o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared"]
+    digests = {d.dataset.digest for d in training_run.inputs.dataset_inputs}
+    assert digests == {prepared["md5"]}
 
     again = run(["dvc", "repro"], project)
     assert "Running stage" not in again and "up to date" in again
@@ -47,6 +55,17 @@ def test_dvc_repro_whole_pipeline(project, real_mirror, monkeypatch):
     assert "latent_accuracy" in shown and "val_neg_elbo" in shown
     run(["dvc", "plots", "show", "-o", "plots"], project)
     assert (project / "plots" / "index.html").stat().st_size > 1000
+
+    # Two experiments' figures side by side (only the figures stage re-runs for these)
+    commit_all(project, "the run")
+    for name, columns in (("exp-a", 6), ("exp-b", 8)):
+        run(["dvc", "exp", "run", "-n", name, "-S", f"figures.columns={columns}"], project, env)
+    run(["dvc", "plots", "diff", "exp-a", "exp-b", "-o", "diff"], project)
+    html = (project / "diff" / "index.html").read_text()
+    for name in ("exp-a", "exp-b"):
+        shown = [p for p in (project / "diff").rglob("*.png") if p.name.startswith(name)]
+        assert any("reconstructions" in p.name for p in shown), (name, shown)
+        assert f"{name}_results_figures_reconstructions" in html.replace("/", "_")
 
 
 def test_a_copy_of_the_repository_runs_its_own_code(project, real_mirror):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
 from tests.conftest import ROOT, committed_params
@@ -103,3 +104,50 @@ def test_after_one_failed_epoch_the_logger_stops_calling_the_server(monkeypatch,
         logger.on_epoch_end(epoch, {})
     assert calls == [1]  # one timeout on the training thread, not one per epoch
     assert [row["epoch"] for row in logger.pending()] == [1, 2, 3, 4, 5]
+
+
+def test_make_ui_serves_127_0_0_1_and_links_to_the_project_runs(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(VAELAB_UI_PORT=str(port), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaelab.tracking.ui"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        link = first.split(": ", 1)[1].strip()
+        base, fragment = link.split("/#/")
+        assert base == f"http://127.0.0.1:{port}"
+        experiment_id = fragment.split("/")[1]
+        assert fragment == f"experiments/{experiment_id}/runs?workflowType=machine_learning"
+        api = f"{base}/ajax-api/2.0/mlflow/experiments/get?experiment_id={experiment_id}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(api, timeout=5) as response:
+                    body = json.load(response)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.5)
+        assert body["experiment"]["name"] == "vaelab"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -279,3 +279,30 @@ def test_kill_during_the_best_checkpoint_save_leaves_a_loadable_model(tiny_workd
     vae = load_vae(Artifacts.of(params).model)
     assert vae.predict(np.zeros((1, 28, 28, 1), np.float32), verbose=0).shape == (1, 28, 28, 1)
     assert not [p.name for p in Path("models").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_runs_carry_their_datasets_and_system_metrics(tiny_workdir, enabled):
+    from vaelab.tracking.datasets import dvc_digest
+
+    params = tiny_workdir(epochs=3).replace(
+        {"tracking": {"system_metrics": enabled, "system_metrics_interval": 0.1}}
+    )
+    train(params)
+    run_id = json.loads(Artifacts.of(params).train_run.read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    run = mlflow.get_run(run_id)
+    digest = dvc_digest(Artifacts.of(params).prepared)
+    contexts = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+        for d in run.inputs.dataset_inputs
+    }
+    assert set(contexts) == {"training", "validation", "test"}
+    assert {d.digest for d in contexts.values()} == {digest} and digest.endswith(".dir")
+    assert json.loads(contexts["test"].source)["file"] == "data/prepared/test.npz"
+    system = [k for k in run.data.metrics if k.startswith("system/")]
+    if enabled:
+        assert "system/cpu_utilization_percentage" in system
+        assert "system/system_memory_usage_megabytes" in system
+    else:
+        assert system == []

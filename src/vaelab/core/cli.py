@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 from vaelab.core.errors import VaelabError
 from vaelab.core.params import Params, load_params
+from vaelab.core.quiet_tf import import_tensorflow
 
-# TensorFlow's C++ start-up chatter (oneDNN notices) would bury the stage's own output;
-# warnings and errors still show.
+# TensorFlow's informational C++ logging would bury the stage's own output; warnings and errors
+# still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -43,6 +44,16 @@ def run_command(main: Callable[[], object]) -> None:
         sys.exit(os_error_message(exc))
 
 
-def run_stage(main: Callable[[Params], object], params_file: str = "params.yaml") -> None:
-    """Validate params.yaml, then run the stage ``main`` as `run_command` does."""
-    run_command(lambda: main(load_params(params_file)))
+def run_stage(
+    main: Callable[[Params], object], params_file: str = "params.yaml", tensorflow: bool = False
+) -> None:
+    """Validate params.yaml, then run the stage ``main`` as `run_command` does; a stage that
+    uses ``tensorflow`` imports it first, quietly (see `vaelab.core.quiet_tf`)."""
+
+    def stage() -> None:
+        params = load_params(params_file)
+        if tensorflow:
+            import_tensorflow()
+        main(params)
+
+    run_command(stage)

@@ -211,8 +211,16 @@ class Figures(Section):
     projection_points: int = Field(ge=10, le=TEST_SIZE)
 
 
+class Tracking(Section):
+    """How runs are logged; no DVC stage depends on it, since it changes no output."""
+
+    system_metrics: bool = Field(description="CPU and memory use sampled into training runs")
+    system_metrics_interval: float = Field(gt=0, le=3600, description="seconds between samples")
+
+
 class Params(Section):
     base: Base
+    tracking: Tracking
     fetch: Fetch
     prepare: Prepare
     train: Train

@@ -29,9 +29,8 @@ from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
 from vaelab.core.paths import REPORTS
 from vaelab.report.plots import save_figure
-from vaelab.tracking.runs import tag_filter
+from vaelab.tracking.runs import KIND_TAG, tag_filter
 
-KIND_TAG = "vaelab.kind"
 COLUMNS = [  # (header, where, key)
     ("run", "info", "run_name"),
     ("status", "info", "status"),
@@ -45,8 +44,8 @@ COLUMNS = [  # (header, where, key)
     ("active_units", "metrics", "test_active_units"),
     ("latent_accuracy", "metrics", "test_latent_accuracy"),
     ("frechet", "metrics", "test_frechet_distance"),
-    ("epochs", "metrics", "best_epochs"),
-    ("train_seconds", "metrics", "best_train_seconds"),
+    ("epochs", "tags", "epochs_run"),
+    ("train_seconds", "metrics", "train_seconds"),
 ]
 
 
@@ -87,6 +86,7 @@ def collect(experiment: str, sweep: str | None = None) -> list[RunRow]:
             "info": {"run_name": run.info.run_name, "status": run.info.status},
             "params": run.data.params,
             "metrics": run.data.metrics,
+            "tags": run.data.tags,
         }
         values = {header: sources[where].get(key) for header, where, key in COLUMNS}
         curve = [

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from vaelab.core.errors import VaelabError
 from vaelab.core.paths import REPORTS, Artifacts
-from vaelab.experiments import compare
-from vaelab.tracking.runs import PARENT_ENV, SWEEP_ENV, start_command_run
+from vaelab.experiments import compare, registry
+from vaelab.tracking.runs import KIND_TAG, PARENT_ENV, SWEEP_ENV, start_command_run
 from vaelab.tracking.store import connect
 
 ACTIVE = ("Queued", "Running")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parent = start_command_run(params.base.experiment, f"sweep {name}")
     env = dict(os.environ)
     with parent:
-        mlflow.set_tags({"sweep": name, compare.KIND_TAG: "sweep"})
+        mlflow.set_tags({"sweep": name, KIND_TAG: "sweep"})
         mlflow.log_param("sweep.overrides", " ".join(args.set_param))
         env.update({SWEEP_ENV: name, PARENT_ENV: parent.info.run_id})
         queue_args = [arg for value in args.set_param for arg in ("-S", value)]
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         for run_id in experiment_run_ids(names, Artifacts.of(params).train_run).values():
             client.set_tag(run_id, "sweep", name)
     compare.main(["--experiment", params.base.experiment, "--sweep", name, "--out", args.out])
+    print(registry.promote(params.base.experiment, sweep=name))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ It learns from the raw images, all 60,000 training ones (not the prepared split)
 not change with the prepare params and is trained once.
 """
 
-from vaelab.classifier.network import train_classifier
 from vaelab.core.atomic import save_model, write_json
 from vaelab.core.cli import run_stage
 from vaelab.core.mnist import normalize
@@ -14,6 +13,8 @@ from vaelab.sources.files import load_split
 
 
 def main(params: Params) -> None:
+    from vaelab.classifier.network import train_classifier  # after the quiet TF import
+
     paths = Artifacts.of(params)
     (x_train, y_train), (x_test, y_test) = (load_split(paths.raw, s) for s in ("train", "test"))
     model, accuracy = train_classifier(
@@ -28,4 +29,4 @@ def main(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, tensorflow=True)

@@ -3,11 +3,12 @@
 from vaelab.core.cli import run_stage
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
-from vaelab.report.render import render_all
 from vaelab.tracking.runs import log_to_training_run, training_run_id
 
 
 def main(params: Params) -> None:
+    from vaelab.report.render import render_all  # TensorFlow: after run_stage's quiet import
+
     run_id = training_run_id(params)
     paths = render_all(params)
     print(f"wrote {len(paths)} figures to {Artifacts.of(params).figures}")
@@ -15,4 +16,4 @@ def main(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, tensorflow=True)

@@ -3,11 +3,12 @@ finding it again from the train stage's outputs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts, project_root
+from vaelab.tracking.datasets import log_datasets
 from vaelab.tracking.store import connect, ensure_experiment
 
+KIND_TAG = "vaelab.kind"  # marks runs that are not trainings: a sweep's parent, a comparison
 SWEEP_ENV = "VAELAB_SWEEP"
 PARENT_ENV = "VAELAB_PARENT_RUN_ID"  # set by `python -m vaelab.experiments.sweep`: runs nest
 
@@ -104,8 +107,27 @@ def start_training_run(
         experiment_id = ensure_experiment(params.base.experiment)
         run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.flat().items()])
+    log_datasets(run_id, Artifacts.of(params))
     write_text(run_file, run_id)
     return run_id
+
+
+@contextlib.contextmanager
+def system_metrics(params: Params, run_id: str) -> Iterator[None]:
+    """CPU, memory and disk use of the machine, sampled into the run while the block runs
+    (``tracking.system_metrics``)."""
+    cfg = params.tracking
+    if not cfg.system_metrics:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=cfg.system_metrics_interval)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def _check_run_in_store(run_id: str, uri: str, run_file: Path) -> None:
@@ -193,6 +215,50 @@ def run_tags(
     if environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = environ[PARENT_ENV]
     return tags
+
+
+# What a run's numbers are in MLflow: measurements are metrics (so they are charted), settings
+# and counts are tags (so they can be filtered on), each under one name.
+SUMMARY_TAGS = {"best_epoch": "best_epoch", "epochs": "epochs_run"}
+EVALUATION_TAGS = {"test_images": "test_images", "importance_samples": "importance_samples"}
+EVALUATION_SKIP = {"latent_dim"}  # already the param train.architecture.latent_dim
+
+
+def finish_training_run(
+    params: Params, run_id: str, summary: dict[str, Any], rows: list[dict[str, float]]
+) -> None:
+    """Log the epochs still unsent, the best epoch's validation numbers (``best_val_*``), the
+    training time, the model and its history, then mark the run FINISHED."""
+    paths = Artifacts.of(params)
+    log_to_training_run(
+        params,
+        run_id,
+        metrics={
+            (k if k == "train_seconds" else f"best_{k}"): v
+            for k, v in summary.items()
+            if k not in SUMMARY_TAGS
+        },
+        tags={SUMMARY_TAGS[k]: str(summary[k]) for k in SUMMARY_TAGS},
+        rows=rows,
+        artifacts=[(str(paths.train_history), "train"), (str(paths.model), "train")],
+        model=str(paths.model),
+        status="FINISHED",
+    )
+
+
+def log_evaluation(params: Params, run_id: str, metrics: dict[str, Any]) -> None:
+    """The evaluate stage's numbers as ``test_*`` metrics, its settings as tags."""
+    log_to_training_run(
+        params,
+        run_id,
+        metrics={
+            f"test_{k}" if k != "seconds" else "evaluate_seconds": float(v)
+            for k, v in metrics.items()
+            if k not in EVALUATION_TAGS and k not in EVALUATION_SKIP
+        },
+        tags={EVALUATION_TAGS[k]: str(metrics[k]) for k in EVALUATION_TAGS},
+        artifacts=[(str(Artifacts.of(params).latent_dims), "evaluate")],
+    )
 
 
 def log_to_training_run(params: Params, run_id: str, **parts: Any) -> None:

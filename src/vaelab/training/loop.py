@@ -131,7 +131,6 @@ def train(params: Params) -> dict[str, Any]:
     from vaelab.model.vae import build_vae
     from vaelab.tracking import runs
     from vaelab.tracking.epochs import MlflowEpochLogger
-    from vaelab.tracking.outbox import Delivery, deliver
     from vaelab.training.callbacks import MONITOR, EpochHistory
     from vaelab.training.kl_schedule import BetaSchedule
     from vaelab.training.optim import build_optimizer
@@ -158,14 +157,15 @@ def train(params: Params) -> dict[str, Any]:
             model = build_vae(cfg, seed)
             model.beta_schedule = BetaSchedule(cfg.kl, cfg.epochs, steps_per_epoch)
             model.compile(optimizer=build_optimizer(cfg, steps_per_epoch))
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=cfg.epochs,
-            shuffle=False,
-            callbacks=build_callbacks(params, state, history, logger),
-            verbose=2,
-        )
+        with runs.system_metrics(params, run_id):
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=cfg.epochs,
+                shuffle=False,
+                callbacks=build_callbacks(params, state, history, logger),
+                verbose=2,
+            )
     except BaseException as exc:
         runs.end_run_quietly(run_id, "FAILED")
         if isinstance(exc, RuntimeError) and "NaN or Inf loss" in str(exc):
@@ -182,16 +182,6 @@ def train(params: Params) -> dict[str, Any]:
     write_text(paths.train_history, (state / "history.csv").read_text())
     write_json(paths.train_metrics, summary)
     write_json(paths.train_run, {"run_id": run_id, "experiment": params.base.experiment})
-    deliver(
-        Delivery(
-            run_id,
-            metrics={f"best_{k}": v for k, v in summary.items()},
-            rows=logger.pending(),
-            artifacts=[(str(paths.train_history), "train"), (str(paths.model), "train")],
-            model=str(paths.model),
-            status="FINISHED",
-        ),
-        paths.outbox(),
-    )
+    runs.finish_training_run(params, run_id, summary, logger.pending())
     shutil.rmtree(state)
     return summary

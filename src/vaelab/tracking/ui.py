@@ -1,0 +1,42 @@
+"""The MLflow UI on 127.0.0.1, opened at this project's runs (``make ui``).
+
+MLflow 3 lands on an experiment's GenAI overview (traces, token usage); the runs of a VAE
+training are the "machine learning" view, which this link opens directly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from vaelab.core.params import Params
+
+UI_HOST = "127.0.0.1"
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def main(params: Params) -> None:
+    from vaelab.tracking.store import connect, ensure_experiment
+
+    uri = connect(require=True)
+    experiment_id = ensure_experiment(params.base.experiment)
+    if uri.startswith(("http://", "https://")):  # a tracking server already serves its UI
+        print(f"runs of experiment {params.base.experiment!r}: {runs_url(uri, experiment_id)}")
+        return
+    port = int(os.environ.get("VAELAB_UI_PORT", "5000"))
+    link = runs_url(f"http://{UI_HOST}:{port}", experiment_id)
+    print(f"runs of experiment {params.base.experiment!r}: {link}\n(Ctrl-C stops the UI)")
+    sys.stdout.flush()
+    os.execvp(
+        "mlflow",
+        ["mlflow", "ui", "--backend-store-uri", uri, "--host", UI_HOST, "--port", str(port)],
+    )
+
+
+if __name__ == "__main__":
+    from vaelab.core.cli import run_stage
+
+    run_stage(main)
