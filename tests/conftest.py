@@ -138,6 +138,13 @@ def project(tmp_path: Path, real_mirror: Path) -> Path:
     return repo
 
 
+def run_module(module: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` in ``cwd``, as a user runs it; its exit code is not checked."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
 def commit_all(repo: Path, message: str) -> str:
     """Commit everything in ``repo``; return the commit id."""
     run(["git", "add", "-A"], repo)

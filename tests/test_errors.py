@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import errno
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_module
 from vaelab.core.atomic import save_model
 from vaelab.core.cli import os_error_message, run_stage
 from vaelab.core.paths import Artifacts
@@ -125,13 +123,7 @@ def test_commands_refuse_a_bad_params_file_without_a_traceback(tmp_path, command
     params["base"]["experiment"] = ""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     args = ["-S", "train.kl.beta=1,2"] if command.endswith("sweep") else []
-    result = subprocess.run(
-        [sys.executable, "-m", command, *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_module(command, tmp_path, *args)
     assert result.returncode == 1
     assert "base.experiment" in result.stderr and "Traceback" not in result.stderr
 

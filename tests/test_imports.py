@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_module
 
 
 @pytest.mark.parametrize("stage", ["fetch", "prepare"])
@@ -30,13 +30,7 @@ def test_tensorflow_stages_start_quietly_without_a_gpu_driver(tmp_path, stage):
     if NVIDIA_DRIVER.exists():
         pytest.skip("a GPU driver is present: TensorFlow's CUDA messages are meant to show")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    result = subprocess.run(
-        [sys.executable, "-m", f"vaelab.stages.{stage}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_module(f"vaelab.stages.{stage}", tmp_path)
     assert result.returncode == 1  # nothing to work on here: one clear error, nothing else
     assert result.stderr.strip().startswith("error: "), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
 from pydantic import BaseModel
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_module
 from vaelab.core.errors import ParamsError
 from vaelab.core.params import Params, flatten, load_params, merge
 
@@ -126,13 +124,7 @@ def test_ints_are_accepted_for_floats(tmp_path):
 @pytest.mark.parametrize("stage", ["fetch", "prepare", "train"])
 def test_stage_exits_nonzero_before_any_work(tmp_path, stage):
     _write(tmp_path, {"prepare": {"val_size": -3}})
-    result = subprocess.run(
-        [sys.executable, "-m", f"vaelab.stages.{stage}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_module(f"vaelab.stages.{stage}", tmp_path)
     assert result.returncode != 0
     assert "prepare.val_size = -3" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,0 +1,238 @@
+"""Training and evaluation speed, side by side: the train stage, a bare Keras loop, and what
+the stack offers (XLA, steps_per_execution, batch size, threads), on this machine.
+
+    python bench/speed.py [--images 10000] [--epochs 4] [--rounds 3]
+
+Every configuration runs in a fresh interpreter (TensorFlow's thread settings are fixed at
+start-up), and the configurations take turns for ``--rounds`` rounds, so a noisy neighbour
+slows all of them alike; the medians are reported as ratios to the bare Keras loop at batch
+128. The first epoch of each run (tracing) is not timed. For evaluation, decoder samples per
+second of the IWAE estimate (`vaelab.evaluation.likelihood.estimate`) are measured the same
+way. FLOP rates count the dense layers' multiply-adds (2 FLOPs each; a training step is taken
+as 3 forward passes) against the cores' peak, ``--peak-flops-per-cycle`` FLOPs per cycle per
+core at the clock /proc/cpuinfo reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_CONFIGS = {  # name: (kind, batch, jit, steps_per_execution, threads)
+    "stage, batch 128": ("stage", 128, False, 1, 0),
+    "bare fit, batch 128": ("bare", 128, False, 1, 0),
+    "bare fit, batch 128, XLA": ("bare", 128, True, 1, 0),
+    "bare fit, batch 128, steps_per_execution 16": ("bare", 128, False, 16, 0),
+    "bare fit, batch 128, 1 thread per op": ("bare", 128, False, 1, 1),
+    "bare fit, batch 256": ("bare", 256, False, 1, 0),
+    "bare fit, batch 512": ("bare", 512, False, 1, 0),
+}
+EVAL_CONFIGS = {  # name: (batch_size, chunk, jit)
+    "estimate, 100 images x 100 samples": (100, 100, False),
+    "estimate, 100 images x 100 samples, XLA": (100, 100, True),
+    "estimate, 50 images x 200 samples": (50, 200, False),
+    "estimate, 200 images x 50 samples": (200, 50, False),
+}
+BASELINE = "bare fit, batch 128"
+
+
+def _params(images: int, epochs: int, batch: int):
+    from vaelab.core.params import load_params
+
+    base = load_params(ROOT / "params.yaml")
+    val = max(batch, images // 10)
+    return base.replace(
+        {
+            "base": {"paths": {"raw": str(ROOT / base.base.paths.raw)}},
+            "prepare": {"subset": images + val, "val_size": val},
+            "train": {"epochs": epochs, "batch_size": batch, "early_stopping": {"enabled": False}},
+            "tracking": {"system_metrics": False},
+        }
+    )
+
+
+def dense_macs(model) -> int:
+    """Multiply-adds per example of the Dense layers of ``model`` (encoder + decoder)."""
+    import keras
+
+    return sum(
+        int(np.prod(layer.kernel.shape))
+        for sub in (model.encoder, model.decoder)
+        for layer in sub.layers
+        if isinstance(layer, keras.layers.Dense)
+    )
+
+
+def one_training(kind: str, batch: int, jit: bool, spe: int, images: int, epochs: int) -> dict:
+    """Seconds per epoch (median after the first) of one configuration, in this process."""
+    import keras
+
+    from vaelab.core.paths import Artifacts
+    from vaelab.data.prepare import prepare
+    from vaelab.data.prepared import load_prepared
+    from vaelab.model.vae import build_vae
+    from vaelab.training.history import read_history
+    from vaelab.training.loop import train
+    from vaelab.training.optim import build_optimizer
+
+    params = _params(images, epochs, batch)
+    os.chdir(tempfile.mkdtemp(prefix="vaelab-speed-"))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    paths = Artifacts.of(params)
+    prepare(paths, params.prepare, params.base.seed)
+    if kind == "stage":
+        train(params)
+        times = [row["epoch_time"] for row in read_history(paths.train_history)]
+        model = build_vae(params.train, params.base.seed)
+    else:
+        x, _ = load_prepared(paths, "train")
+        x = (np.random.default_rng(0).random(x.shape, dtype=np.float32) < x).astype("float32")
+        model = build_vae(params.train, params.base.seed)
+        model.compile(
+            optimizer=build_optimizer(params.train, len(x) // batch),
+            jit_compile=jit,
+            steps_per_execution=spe,
+        )
+        times: list[float] = []
+
+        class Timer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.started = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                times.append(time.perf_counter() - self.started)
+
+        model.fit(x, epochs=epochs, batch_size=batch, verbose=0, callbacks=[Timer()])
+    per_epoch = statistics.median(times[1:])
+    return {
+        "images_per_second": params.prepare.train_size / per_epoch,
+        "macs_per_image": dense_macs(model),
+    }
+
+
+def one_evaluation(batch: int, chunk: int, jit: bool, samples: int) -> dict:
+    """Decoder samples per second of the IWAE estimate's step (the one `estimate` runs), with
+    or without XLA, in this process."""
+    import keras
+    import tensorflow as tf
+
+    from vaelab.core.params import load_params
+    from vaelab.evaluation.likelihood import _batch_estimates
+    from vaelab.model.vae import build_vae
+
+    params = load_params(ROOT / "params.yaml")
+    vae = build_vae(params.train, seed=0)
+    x = (np.random.default_rng(0).random((1000, 28, 28, 1)) < 0.2).astype("float32")
+    step = tf.function(
+        lambda xb, s: _batch_estimates(vae, xb, samples, chunk, s),
+        reduce_retracing=True,
+        jit_compile=jit,
+    )
+    seed = tf.constant([0, 0], tf.int32)
+    step(tf.constant(x[:batch]), seed)  # trace
+    started = time.perf_counter()
+    for start in range(0, len(x), batch):
+        step(tf.constant(x[start : start + batch]), seed)
+    seconds = time.perf_counter() - started
+    return {
+        "samples_per_second": len(x) * samples / seconds,
+        "decoder_macs_per_sample": sum(
+            int(np.prod(layer.kernel.shape))
+            for layer in vae.decoder.layers
+            if isinstance(layer, keras.layers.Dense)
+        ),
+    }
+
+
+def _child(argv: list[str], threads: int) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if threads:
+        env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(argv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def peak_flops(per_cycle: float) -> tuple[float, str]:
+    info = Path("/proc/cpuinfo").read_text()
+    mhz = float(next(line.split(":")[1] for line in info.splitlines() if "cpu MHz" in line))
+    model = next(line.split(":")[1].strip() for line in info.splitlines() if "model name" in line)
+    cores = os.cpu_count() or 1
+    return cores * mhz * 1e6 * per_cycle, f"{model}, {cores} cores at {mhz:.0f} MHz"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=200, help="k of the evaluation runs")
+    parser.add_argument(
+        "--peak-flops-per-cycle",
+        type=float,
+        default=32.0,
+        help="fp32 FLOPs per cycle per core (32: two 256-bit FMA pipes, e.g. AMD Zen 4)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        result = one_training(*spec[1:]) if spec[0] == "train" else one_evaluation(*spec[1:])
+        print(json.dumps(result))
+        return
+
+    train_runs: dict[str, list[dict]] = {name: [] for name in TRAIN_CONFIGS}
+    eval_runs: dict[str, list[dict]] = {name: [] for name in EVAL_CONFIGS}
+    for round_ in range(args.rounds):
+        for name, (kind, batch, jit, spe, threads) in TRAIN_CONFIGS.items():
+            spec = ["train", kind, batch, jit, spe, args.images, args.epochs]
+            train_runs[name].append(_child(spec, threads))
+            print(f"round {round_ + 1}: {name}: {train_runs[name][-1]}", file=sys.stderr)
+        for name, (batch, chunk, jit) in EVAL_CONFIGS.items():
+            eval_runs[name].append(_child(["eval", batch, chunk, jit, args.samples], 0))
+            print(f"round {round_ + 1}: {name}: {eval_runs[name][-1]}", file=sys.stderr)
+
+    peak, cpu = peak_flops(args.peak_flops_per_cycle)
+    print(
+        f"CPU: {cpu}; peak {peak / 1e9:.0f} GFLOP/s fp32 (assumed {args.peak_flops_per_cycle:g}"
+        " FLOPs/cycle/core)"
+    )
+    base = statistics.median(r["images_per_second"] for r in train_runs[BASELINE])
+    print(f"\n| training | images/s | vs {BASELINE} | GFLOP/s | of peak |\n|---|---|---|---|---|")
+    for name, runs in train_runs.items():
+        rate = statistics.median(r["images_per_second"] for r in runs)
+        flops = rate * runs[0]["macs_per_image"] * 2 * 3
+        print(
+            f"| {name} | {rate:,.0f} | {rate / base:.2f} | {flops / 1e9:.1f} | {flops / peak:.0%} |"
+        )
+    first = next(iter(EVAL_CONFIGS))
+    base = statistics.median(r["samples_per_second"] for r in eval_runs[first])
+    print(
+        f"\n| evaluation (k={args.samples}) | decoder samples/s | vs {first} | GFLOP/s | "
+        "of peak |\n|---|---|---|---|---|"
+    )
+    for name, runs in eval_runs.items():
+        rate = statistics.median(r["samples_per_second"] for r in runs)
+        flops = rate * runs[0]["decoder_macs_per_sample"] * 2
+        print(
+            f"| {name} | {rate:,.0f} | {rate / base:.2f} | {flops / 1e9:.1f} | {flops / peak:.0%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
