@@ -13,9 +13,11 @@ import yaml
 from tests.conftest import ROOT, commit_all, run
 
 SRC = ROOT / "src"
-# Modules that only talk to MLflow: they log what a stage computed and record run ids in the
-# resume state, and never write a DVC output, so editing them must not re-run a 15-minute
-# training. Nothing they import is followed from here either.
+# Modules that only talk to MLflow: they log what a stage computed, read (never write) the
+# prepared data's metadata for the run's dataset inputs, and keep run ids and unsent logging
+# under base.paths.state, which is no DVC output. The one value of theirs that reaches a DVC
+# output is the run id in results/train/run.json, which is new for every training anyway. So
+# editing them must not re-run a 15-minute training; nothing they import is followed either.
 ONLY_TALK_TO_MLFLOW = ("vaelab.tracking",)
 
 

@@ -117,3 +117,22 @@ def test_the_model_is_a_dvc_artifact_and_the_figures_are_image_plots():
     assert vae["type"] == "model" and "vae" in vae["labels"] and len(vae["desc"]) > 40
     top_level = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
     assert "${base.paths.results}/figures" in top_level
+
+
+def test_mnist_s_shape_is_written_down_once():
+    owner = ROOT / "src/vaelab/core/mnist.py"
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        if path != owner
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and type(node.value) is int and node.value in (28, 784)
+    ]
+    assert not found, f"use vaelab.core.mnist instead of 28 / 784: {found}"
+
+
+def test_the_readme_is_short_and_starts_with_the_result():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200
+    first_screen = "\n".join(lines[:40])
+    assert "![" in first_screen and "nats" in first_screen and "make repro" in first_screen
