@@ -106,7 +106,7 @@ def start_training_run(
     else:
         experiment_id = ensure_experiment(params.base.experiment)
         source = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "dvc stage train"}
-        run_id = client.create_run(experiment_id, {**tags, **source}, run_name=name).info.run_id
+        run_id = client.create_run(experiment_id, tags={**tags, **source}, run_name=name).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.flat().items()])
     log_datasets(run_id, Artifacts.of(params))
     write_text(run_file, run_id)
