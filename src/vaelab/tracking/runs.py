@@ -105,8 +105,8 @@ def start_training_run(
             client.set_tag(run_id, key, value)
     else:
         experiment_id = ensure_experiment(params.base.experiment)
-        source = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "dvc stage train"}
-        run_id = client.create_run(experiment_id, tags={**tags, **source}, run_name=name).info.run_id
+        tags.update({"mlflow.source.type": "LOCAL", "mlflow.source.name": "dvc stage train"})
+        run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.flat().items()])
     log_datasets(run_id, Artifacts.of(params))
     write_text(run_file, run_id)
