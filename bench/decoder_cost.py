@@ -27,8 +27,6 @@ EVAL_SAMPLES = 5000 * 10_000
 
 def measure(architecture: dict, x: np.ndarray) -> tuple[float, float]:
     """(microseconds per decoded sample, seconds per 50,000-image epoch)."""
-    import keras
-
     from vaelab.core.params import load_params
     from vaelab.model.vae import build_vae
     from vaelab.training.optim import build_optimizer
@@ -42,18 +40,12 @@ def measure(architecture: dict, x: np.ndarray) -> tuple[float, float]:
     vae.decoder(z, training=False)
     decode_us = 1e6 * (time.perf_counter() - start) / len(z)
 
+    from timing import EpochTimer
+
     vae.compile(optimizer=build_optimizer(params.train, steps_per_epoch=len(x) // 128))
-    times: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.started)
-
-    vae.fit(x, epochs=2, batch_size=128, verbose=0, callbacks=[Timer()])
-    return decode_us, times[-1] * 50_000 / len(x)
+    timer = EpochTimer()
+    vae.fit(x, epochs=2, batch_size=128, verbose=0, callbacks=[timer])
+    return decode_us, timer.times[-1] * 50_000 / len(x)
 
 
 def main() -> None:

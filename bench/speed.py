@@ -61,22 +61,20 @@ def _params(images: int, epochs: int, batch: int):
     )
 
 
-def dense_macs(model) -> int:
-    """Multiply-adds per example of the Dense layers of ``model`` (encoder + decoder)."""
+def dense_macs(*models) -> int:
+    """Multiply-adds per example of the Dense layers of ``models``."""
     import keras
 
     return sum(
         int(np.prod(layer.kernel.shape))
-        for sub in (model.encoder, model.decoder)
-        for layer in sub.layers
+        for model in models
+        for layer in model.layers
         if isinstance(layer, keras.layers.Dense)
     )
 
 
 def one_training(kind: str, batch: int, jit: bool, spe: int, images: int, epochs: int) -> dict:
     """Seconds per epoch (median after the first) of one configuration, in this process."""
-    import keras
-
     from vaelab.core.paths import Artifacts
     from vaelab.data.prepare import prepare
     from vaelab.data.prepared import load_prepared
@@ -103,27 +101,21 @@ def one_training(kind: str, batch: int, jit: bool, spe: int, images: int, epochs
             jit_compile=jit,
             steps_per_execution=spe,
         )
-        times: list[float] = []
+        from timing import EpochTimer
 
-        class Timer(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.started = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                times.append(time.perf_counter() - self.started)
-
-        model.fit(x, epochs=epochs, batch_size=batch, verbose=0, callbacks=[Timer()])
+        timer = EpochTimer()
+        model.fit(x, epochs=epochs, batch_size=batch, verbose=0, callbacks=[timer])
+        times = timer.times
     per_epoch = statistics.median(times[1:])
     return {
         "images_per_second": params.prepare.train_size / per_epoch,
-        "macs_per_image": dense_macs(model),
+        "macs_per_image": dense_macs(model.encoder, model.decoder),
     }
 
 
 def one_evaluation(batch: int, chunk: int, jit: bool, samples: int) -> dict:
     """Decoder samples per second of the IWAE estimate's step (the one `estimate` runs), with
     or without XLA, in this process."""
-    import keras
     import tensorflow as tf
 
     from vaelab.core.params import load_params
@@ -146,11 +138,7 @@ def one_evaluation(batch: int, chunk: int, jit: bool, samples: int) -> dict:
     seconds = time.perf_counter() - started
     return {
         "samples_per_second": len(x) * samples / seconds,
-        "decoder_macs_per_sample": sum(
-            int(np.prod(layer.kernel.shape))
-            for layer in vae.decoder.layers
-            if isinstance(layer, keras.layers.Dense)
-        ),
+        "decoder_macs_per_sample": dense_macs(vae.decoder),
     }
 
 
@@ -181,7 +169,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=200, help="k of the evaluation runs")
+    parser.add_argument("--samples", type=int, default=500, help="k of the evaluation runs")
     parser.add_argument(
         "--peak-flops-per-cycle",
         type=float,
