@@ -222,7 +222,24 @@ def run_tags(
 # and counts are tags (so they can be filtered on), each under one name.
 SUMMARY_TAGS = {"best_epoch": "best_epoch", "epochs": "epochs_run"}
 EVALUATION_TAGS = {"test_images": "test_images", "importance_samples": "importance_samples"}
-EVALUATION_SKIP = {"latent_dim"}  # already the param train.architecture.latent_dim
+
+
+def mlflow_names(
+    values: dict[str, Any],
+    prefix: str,
+    tags: dict[str, str],
+    renamed: dict[str, str],
+    skipped: frozenset[str] = frozenset(),
+) -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, tags) of a stage's numbers: the keys in ``tags`` become tags under the names
+    it gives, those in ``renamed`` metrics under theirs, the rest metrics named ``prefix + key``;
+    ``skipped`` keys are logged elsewhere already."""
+    metrics = {
+        renamed.get(k, prefix + k): float(v)
+        for k, v in values.items()
+        if k not in tags and k not in skipped
+    }
+    return metrics, {name: str(values[k]) for k, name in tags.items()}
 
 
 def finish_training_run(
@@ -231,15 +248,12 @@ def finish_training_run(
     """Log the epochs still unsent, the best epoch's validation numbers (``best_val_*``), the
     training time, the model and its history, then mark the run FINISHED."""
     paths = Artifacts.of(params)
+    metrics, tags = mlflow_names(summary, "best_", SUMMARY_TAGS, {"train_seconds": "train_seconds"})
     log_to_training_run(
         params,
         run_id,
-        metrics={
-            (k if k == "train_seconds" else f"best_{k}"): v
-            for k, v in summary.items()
-            if k not in SUMMARY_TAGS
-        },
-        tags={SUMMARY_TAGS[k]: str(summary[k]) for k in SUMMARY_TAGS},
+        metrics=metrics,
+        tags=tags,
         rows=rows,
         artifacts=[(str(paths.train_history), "train"), (str(paths.model), "train")],
         model=str(paths.model),
@@ -247,17 +261,20 @@ def finish_training_run(
     )
 
 
-def log_evaluation(params: Params, run_id: str, metrics: dict[str, Any]) -> None:
+def log_evaluation(params: Params, run_id: str, numbers: dict[str, Any]) -> None:
     """The evaluate stage's numbers as ``test_*`` metrics, its settings as tags."""
+    metrics, tags = mlflow_names(
+        numbers,
+        "test_",
+        EVALUATION_TAGS,
+        {"seconds": "evaluate_seconds"},
+        frozenset({"latent_dim"}),  # already the param train.architecture.latent_dim
+    )
     log_to_training_run(
         params,
         run_id,
-        metrics={
-            f"test_{k}" if k != "seconds" else "evaluate_seconds": float(v)
-            for k, v in metrics.items()
-            if k not in EVALUATION_TAGS and k not in EVALUATION_SKIP
-        },
-        tags={EVALUATION_TAGS[k]: str(metrics[k]) for k in EVALUATION_TAGS},
+        metrics=metrics,
+        tags=tags,
         artifacts=[(str(Artifacts.of(params).latent_dims), "evaluate")],
     )
 
