@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CONFIGS = {  # name: (kind, batch, jit, steps_per_execution, threads)
     "stage, batch 128": ("stage", 128, False, 1, 0),
+    "stage, batch 128, steps_per_execution 16": ("stage", 128, False, 16, 0),
     "bare fit, batch 128": ("bare", 128, False, 1, 0),
     "bare fit, batch 128, XLA": ("bare", 128, True, 1, 0),
     "bare fit, batch 128, steps_per_execution 16": ("bare", 128, False, 16, 0),
@@ -46,7 +48,7 @@ EVAL_CONFIGS = {  # name: (batch_size, chunk, jit)
 BASELINE = "bare fit, batch 128"
 
 
-def _params(images: int, epochs: int, batch: int):
+def _params(images: int, epochs: int, batch: int, spe: int = 1):
     from vaelab.core.params import load_params
 
     base = load_params(ROOT / "params.yaml")
@@ -55,7 +57,12 @@ def _params(images: int, epochs: int, batch: int):
         {
             "base": {"paths": {"raw": str(ROOT / base.base.paths.raw)}},
             "prepare": {"subset": images + val, "val_size": val},
-            "train": {"epochs": epochs, "batch_size": batch, "early_stopping": {"enabled": False}},
+            "train": {
+                "epochs": epochs,
+                "batch_size": batch,
+                "steps_per_execution": spe,
+                "early_stopping": {"enabled": False},
+            },
             "tracking": {"system_metrics": False},
         }
     )
@@ -83,7 +90,7 @@ def one_training(kind: str, batch: int, jit: bool, spe: int, images: int, epochs
     from vaelab.training.loop import train
     from vaelab.training.optim import build_optimizer
 
-    params = _params(images, epochs, batch)
+    params = _params(images, epochs, batch, spe)
     os.chdir(tempfile.mkdtemp(prefix="vaelab-speed-"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     paths = Artifacts.of(params)
@@ -176,6 +183,11 @@ def main() -> None:
         default=32.0,
         help="fp32 FLOPs per cycle per core (32: two 256-bit FMA pipes, e.g. AMD Zen 4)",
     )
+    parser.add_argument(
+        "--match",
+        default="",
+        help="only the configurations whose name matches this regex (the baseline always runs)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -184,14 +196,20 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    train_runs: dict[str, list[dict]] = {name: [] for name in TRAIN_CONFIGS}
-    eval_runs: dict[str, list[dict]] = {name: [] for name in EVAL_CONFIGS}
+    def chosen(names, baseline: str) -> list[str]:
+        return [n for n in names if n == baseline or re.search(args.match, n)]
+
+    first = next(iter(EVAL_CONFIGS))
+    train_runs: dict[str, list[dict]] = {n: [] for n in chosen(TRAIN_CONFIGS, BASELINE)}
+    eval_runs: dict[str, list[dict]] = {n: [] for n in chosen(EVAL_CONFIGS, first)}
     for round_ in range(args.rounds):
-        for name, (kind, batch, jit, spe, threads) in TRAIN_CONFIGS.items():
+        for name in train_runs:
+            kind, batch, jit, spe, threads = TRAIN_CONFIGS[name]
             spec = ["train", kind, batch, jit, spe, args.images, args.epochs]
             train_runs[name].append(_child(spec, threads))
             print(f"round {round_ + 1}: {name}: {train_runs[name][-1]}", file=sys.stderr)
-        for name, (batch, chunk, jit) in EVAL_CONFIGS.items():
+        for name in eval_runs:
+            batch, chunk, jit = EVAL_CONFIGS[name]
             eval_runs[name].append(_child(["eval", batch, chunk, jit, args.samples], 0))
             print(f"round {round_ + 1}: {name}: {eval_runs[name][-1]}", file=sys.stderr)
 
@@ -208,7 +226,6 @@ def main() -> None:
         print(
             f"| {name} | {rate:,.0f} | {rate / base:.2f} | {flops / 1e9:.1f} | {flops / peak:.0%} |"
         )
-    first = next(iter(EVAL_CONFIGS))
     base = statistics.median(r["samples_per_second"] for r in eval_runs[first])
     print(
         f"\n| evaluation (k={args.samples}) | decoder samples/s | vs {first} | GFLOP/s | "

@@ -8,7 +8,8 @@ import shlex
 import pytest
 from mlflow.projects import _project_spec
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, committed_params
+from vaelab.experiments.ablation import nested
 
 HOSTILE = "x'; echo INJECTED; ' $(touch pwned) `id` a b\"c"
 
@@ -38,3 +39,19 @@ def test_a_hostile_value_arrives_as_one_argument(entry, name, tmp_path):
     tokens = _tokens(command)
     assert ";" not in tokens and "|" not in tokens and "&&" not in tokens
     assert any(token == HOSTILE or token.endswith(f"={HOSTILE}") for token in tokens), tokens
+
+
+@pytest.mark.parametrize("entry", sorted(PROJECT._entry_points))
+def test_every_override_an_entry_point_sets_is_a_valid_param(entry, tmp_path):
+    spec = PROJECT.get_entry_point(entry)
+    defaults = {name: param.default for name, param in spec.parameters.items()}
+    tokens = _tokens(spec.compute_command(defaults, str(tmp_path)))
+    overrides = [tokens[i + 1] for i, token in enumerate(tokens) if token == "-S"]
+    if entry in ("train", "long"):
+        assert overrides, "a profile without overrides"
+    for override in overrides:
+        key, _, value = override.partition("=")
+        # a sweep's grid (DVC's `-S key=a,b,c`) sets each of its values in turn
+        values = value.split(",") if "," in value and not value.startswith("[") else [value]
+        for one in values:
+            committed_params().replace(nested([f"{key}={one}"]))  # a bad key raises, named

@@ -85,6 +85,21 @@ def test_dynamic_is_recorded_not_applied(tiny_raw, tmp_path):
     np.testing.assert_array_equal(val, model_data(_at(tmp_path / "d"), "val")[0])
 
 
+def test_bernoulli_evaluation_of_grayscale_training_gets_the_dynamic_draw(tiny_raw, tmp_path):
+    _prepare(tiny_raw, tmp_path / "g", binarize="none")
+    _prepare(tiny_raw, tmp_path / "d", binarize="dynamic")
+    gray, _ = load_prepared(_at(tmp_path / "g"), "test")
+    np.testing.assert_array_equal(model_data(_at(tmp_path / "g"), "test")[0], gray)
+    binary = model_data(_at(tmp_path / "g"), "test", binary=True)[0]
+    assert set(np.unique(binary)) == {0.0, 1.0}
+    # The very images a dynamically binarized run of the same seed is measured on.
+    np.testing.assert_array_equal(binary, model_data(_at(tmp_path / "d"), "test")[0])
+    np.testing.assert_array_equal(
+        model_data(_at(tmp_path / "g"), "train", fixed_draw=False, binary=True)[0],
+        load_prepared(_at(tmp_path / "g"), "train")[0],
+    )
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupted_prepared_file_names_file_and_fix(tiny_raw, tmp_path, damage):
     _prepare(tiny_raw, tmp_path / "p")

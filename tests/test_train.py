@@ -19,7 +19,7 @@ import yaml
 from tests.conftest import free_port
 from vaelab.core.paths import Artifacts
 from vaelab.data.prepared import load_prepared, model_data, read_meta
-from vaelab.model.vae import build_vae
+from vaelab.model.vae import build_encoder, build_vae
 from vaelab.training.history import read_history
 from vaelab.training.loop import state_dir, train
 from vaelab.training.optim import build_optimizer
@@ -72,6 +72,19 @@ def test_augmentation_recipes_feed_valid_images(tiny_workdir, binarize):
         assert set(np.unique(batch)) <= {0.0, 1.0}
 
 
+def test_unnormalized_encoder_sees_raw_pixel_values(tiny_workdir):
+    params = tiny_workdir()
+    raw = params.train.architecture.model_copy(update={"normalize_inputs": False})
+    normalized, unnormalized = build_encoder(params.train.architecture), build_encoder(raw)
+    unnormalized.set_weights(normalized.get_weights())
+    x, _ = load_prepared(Artifacts.of(params), "val")
+    got = unnormalized.predict(x[:8], verbose=0)
+    want = normalized.predict(np.round(x[:8] * 255.0), verbose=0)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    assert not np.allclose(got[0], normalized.predict(x[:8], verbose=0)[0], atol=1e-2)
+
+
 def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_path):
     params = tiny_workdir(architecture={"kind": "conv", "batch_norm": True})
     model = build_vae(params.train, seed=1)
@@ -87,14 +100,30 @@ def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_pat
 def test_same_seed_same_losses(tiny_workdir):
     params = tiny_workdir(augment={"enabled": True})
     train(params)
-    first = read_history(Artifacts.of(params).train_history)
+    first = _history_without_time(params)
     train(params)
-    second = read_history(Artifacts.of(params).train_history)
-    drop = {"epoch_time"}
-    strip = [
-        [{k: v for k, v in r.items() if k not in drop} for r in rows] for rows in (first, second)
+    assert _history_without_time(params) == first and len(first) == 2
+
+
+def _history_without_time(params) -> list[dict]:
+    return [
+        {k: v for k, v in row.items() if k != "epoch_time"}
+        for row in read_history(Artifacts.of(params).train_history)
     ]
-    assert strip[0] == strip[1] and len(strip[0]) == 2
+
+
+def test_steps_per_execution_changes_speed_not_results(tiny_workdir):
+    # 250 images, batch 50: 5 steps, so 2 per call leaves a remainder call of one step
+    params = tiny_workdir(kl={"schedule": "linear", "unit": "step", "warmup": 7})
+    train(params)
+    one = _history_without_time(params)
+    train(params.replace({"train": {"steps_per_execution": 2}}))
+    two = _history_without_time(params)
+    assert len(one) == 2 and len(two) == 2
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
 
 
 def test_train_stage_outputs_and_mlflow_run(tiny_workdir):

@@ -115,6 +115,7 @@ class Architecture(Section):
     latent_dim: int = Field(ge=1, le=512)
     activation: Literal["relu", "elu", "gelu", "tanh", "swish", "leaky_relu"]
     batch_norm: bool
+    normalize_inputs: bool = Field(description="false: the encoder sees raw 0-255 pixels")
 
 
 class Likelihood(Section):
@@ -174,6 +175,7 @@ class Train(Section):
     early_stopping: EarlyStopping
     run_name: str | None = Field(min_length=1, max_length=250)
     distribute: bool = Field(description="MirroredStrategy when several GPUs are visible")
+    steps_per_execution: int = Field(ge=1, le=10_000, description="train steps per graph call")
 
     @model_validator(mode="after")
     def _one_lr_controller(self) -> Self:

@@ -67,17 +67,19 @@ def load_prepared(paths: Artifacts, split: str, key: str = "x") -> tuple[np.ndar
 
 
 def model_data(
-    paths: Artifacts, split: str, fixed_draw: bool = True
+    paths: Artifacts, split: str, fixed_draw: bool = True, binary: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """The images a model sees for ``split``, binarized as prepare recorded.
 
     static: the stored draw. none: grayscale. dynamic: grayscale when ``fixed_draw`` is false
     (the training pipeline draws per batch), else one draw seeded by split, the same in every
-    epoch, run and stage, so validation and test numbers are comparable.
+    epoch, run and stage, so validation and test numbers are comparable. ``binary`` gives
+    none the dynamic mode's fixed draw too: a Bernoulli likelihood is only a likelihood of
+    binary images, and these are the very images a dynamic run is measured on.
     """
     meta = read_meta(paths)
     mode = meta["binarize"]
     x, y = load_prepared(paths, split, STATIC_KEY if mode == "static" else "x")
-    if mode == "dynamic" and fixed_draw:
+    if fixed_draw and (mode == "dynamic" or (binary and mode == "none")):
         x = binarize_static(x, meta["seed"], stream=len(SPLITS) + SPLITS.index(split))
     return x, y

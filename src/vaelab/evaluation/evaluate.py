@@ -62,7 +62,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     started = time.perf_counter()
     accuracy = classifier_accuracy(paths)
     vae = load_vae(paths.model)
-    x_test, y_test = model_data(paths, "test")
+    x_test, y_test = model_data(paths, "test", binary=vae.likelihood == "bernoulli")
     est = estimate(
         vae, x_test, cfg.importance_samples, cfg.batch_size, cfg.chunk, seed=params.base.seed
     )

@@ -64,6 +64,21 @@ def wait_for_queue(jobs: int, env: dict[str, str], poll: float = 5.0) -> str:
         time.sleep(poll)
 
 
+def experiment_file(name: str, path: str) -> str | None:
+    """The text of ``path`` as DVC experiment ``name`` committed it; None if there is none."""
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    ref = next((r for r in refs if r.endswith(f"/{name}")), None)
+    if ref is None:
+        return None
+    shown = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else None
+
+
 def experiment_run_ids(names: list[str], run_file: Path) -> dict[str, str]:
     """{experiment name: MLflow run id} from ``run_file`` (the train stage's run.json) as
     each finished experiment committed it.
@@ -72,22 +87,11 @@ def experiment_run_ids(names: list[str], run_file: Path) -> dict[str, str]:
     includes the baseline's beta), DVC restores that run's outputs instead of training, so
     the run it names is an earlier one; the sweep tags it too.
     """
-    refs = subprocess.run(
-        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
     found = {}
     for name in names:
-        ref = next((r for r in refs if r.endswith(f"/{name}")), None)
-        if ref is None:
-            continue
-        shown = subprocess.run(
-            ["git", "show", f"{ref}:{run_file.as_posix()}"], capture_output=True, text=True
-        )
-        if shown.returncode == 0:
-            found[name] = json.loads(shown.stdout)["run_id"]
+        text = experiment_file(name, run_file.as_posix())
+        if text is not None:
+            found[name] = json.loads(text)["run_id"]
     return found
 
 

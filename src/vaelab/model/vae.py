@@ -43,7 +43,8 @@ def _block(x, layer: layers.Layer, arch: Architecture):
 
 def build_encoder(arch: Architecture) -> keras.Model:
     inputs = keras.Input(IMAGE_SHAPE, name="image")
-    x = inputs
+    # The data is stored in [0, 1]; scaling it back is exactly feeding raw pixel values.
+    x = inputs if arch.normalize_inputs else layers.Rescaling(255.0, name="raw_pixels")(inputs)
     if arch.kind == "mlp":
         x = layers.Flatten()(x)
         for units in arch.hidden:

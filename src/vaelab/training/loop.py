@@ -156,7 +156,10 @@ def train(params: Params) -> dict[str, Any]:
         with distribution_strategy(cfg.distribute).scope():
             model = build_vae(cfg, seed)
             model.beta_schedule = BetaSchedule(cfg.kl, cfg.epochs, steps_per_epoch)
-            model.compile(optimizer=build_optimizer(cfg, steps_per_epoch))
+            model.compile(
+                optimizer=build_optimizer(cfg, steps_per_epoch),
+                steps_per_execution=cfg.steps_per_execution,
+            )
         with runs.system_metrics(params, run_id):
             model.fit(
                 train_ds,

@@ -1,0 +1,213 @@
+"""The ablation's report: summary.csv, ablation.md (the verdicts in plain words, the table,
+the learning-rate tuning) and two figures, the forest plot of the effects and the
+rate-distortion plane with iso-ELBO lines."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from vaelab.core.atomic import write_text
+from vaelab.experiments.compare import markdown
+from vaelab.experiments.effects import LEVEL, Summary
+from vaelab.report.plots import save_figure
+
+VERDICT_COLOURS = {"helps": "tab:green", "hurts": "tab:red"}
+METRIC_NAMES = {"test_nll": "test NLL", "recon_mse_grayscale": "reconstruction MSE"}
+FOREST = "forest.png"
+RATE_DISTORTION = "rate_distortion.png"
+
+
+def _pm(summary: Summary, column: str, digits: int = 2) -> str:
+    if column not in summary.means:
+        return "missing"
+    mean, sd = summary.means[column], summary.sds[column]
+    return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
+
+
+def _effect(summary: Summary) -> str:
+    if summary.interval is None:
+        return ""
+    i, digits = summary.interval, 2 if summary.metric == "test_nll" else 5
+    name = "" if summary.metric == "test_nll" else f" ({METRIC_NAMES[summary.metric]})"
+    return f"{i.difference:+.{digits}f} [{i.low:+.{digits}f}, {i.high:+.{digits}f}]{name}"
+
+
+def in_words(summaries: list[Summary]) -> list[str]:
+    """One sentence per verdict: which tricks help, hurt, or make no measurable difference."""
+    lines = []
+    for verdict in ("helps", "hurts", "no measurable difference"):
+        chosen = [s.label for s in summaries if s.verdict == verdict]
+        if chosen:
+            lines.append(f"- **{verdict}**: " + "; ".join(chosen) + ".")
+    waiting = [s.label for s in summaries if s.verdict == "too few seeds yet"]
+    if waiting:
+        lines.append("- **not judged yet** (fewer than 2 seeds): " + "; ".join(waiting) + ".")
+    return lines
+
+
+def table(summaries: list[Summary]) -> str:
+    headers = [
+        "trick",
+        "variant",
+        "seeds",
+        "test NLL (mean ± sd)",
+        f"Δ vs baseline [{LEVEL:.0%} CI]",
+        "verdict",
+        "-ELBO",
+        "rate (KL)",
+        "distortion",
+        "active units",
+        "recon. MSE",
+        "train s",
+    ]
+    rows = [
+        [
+            s.group,
+            s.label,
+            s.n,
+            _pm(s, "test_nll"),
+            _effect(s),
+            s.verdict,
+            _pm(s, "test_neg_elbo"),
+            _pm(s, "rate"),
+            _pm(s, "distortion"),
+            _pm(s, "active_units", 1),
+            _pm(s, "recon_mse_grayscale", 4),
+            _pm(s, "train_seconds", 0),
+        ]
+        for s in summaries
+    ]
+    return markdown(headers, rows)
+
+
+def summary_csv(summaries: list[Summary]) -> str:
+    columns = sorted({c for s in summaries for c in s.means})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        ["variant", "group", "label", "seeds", "metric", "difference", "low", "high", "verdict"]
+        + [f"{c}_{stat}" for c in columns for stat in ("mean", "sd")]
+    )
+    for s in summaries:
+        i = s.interval
+        writer.writerow(
+            [s.name, s.group, s.label, s.n, s.metric]
+            + ([f"{i.difference:.6g}", f"{i.low:.6g}", f"{i.high:.6g}"] if i else ["", "", ""])
+            + [s.verdict]
+            + [
+                f"{getattr(s, stat)[c]:.6g}" if c in s.means else ""
+                for c in columns
+                for stat in ("means", "sds")
+            ]
+        )
+    return out.getvalue()
+
+
+def forest(summaries: list[Summary]) -> plt.Figure:
+    """Effect on test NLL ± its interval per variant, sorted, zero marked."""
+    judged = sorted(
+        (s for s in summaries if s.interval and s.metric == "test_nll"),
+        key=lambda s: s.interval.difference,
+    )
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.34 * max(len(judged), 1)))
+    for y, s in enumerate(judged):
+        i, colour = s.interval, VERDICT_COLOURS.get(s.interval.verdict, "tab:gray")
+        ax.errorbar(
+            i.difference,
+            y,
+            xerr=[[i.difference - i.low], [i.high - i.difference]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+        )
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(judged)), [f"{s.label} (n={s.n})" for s in judged], fontsize=8)
+    ax.set_xlabel(f"test NLL minus the baseline's, nats ({LEVEL:.0%} Welch interval); < 0 helps")
+    ax.set_title("Effect of each trick against the baseline (green helps, red hurts)")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def rate_distortion(summaries: list[Summary]) -> plt.Figure:
+    """Mean rate and distortion per variant (± sd), with lines of equal -ELBO."""
+    points = [
+        s for s in summaries if s.metric == "test_nll" and {"rate", "distortion"} <= set(s.means)
+    ]
+    fig, ax = plt.subplots(figsize=(9, 7))
+    rates = np.array([s.means["rate"] for s in points])
+    distortions = np.array([s.means["distortion"] for s in points])
+    if len(points):
+        totals = rates + distortions
+        span = np.linspace(rates.min() - 2, rates.max() + 2, 2)
+        for total in np.unique(np.round(np.linspace(totals.min(), totals.max() + 1, 6))):
+            ax.plot(span, total - span, color="lightgray", linewidth=1, zorder=0)
+            ax.annotate(
+                f"-ELBO {total:.0f}", (span[-1], total - span[-1]), fontsize=7, color="gray"
+            )
+    for s, x, y in zip(points, rates, distortions, strict=True):
+        baseline = s.name == "baseline"
+        colour = "black" if baseline else VERDICT_COLOURS.get(s.verdict, "tab:blue")
+        ax.errorbar(
+            x,
+            y,
+            xerr=np.nan_to_num(s.sds["rate"]),
+            yerr=np.nan_to_num(s.sds["distortion"]),
+            fmt="*" if baseline else "o",
+            markersize=12 if baseline else 5,
+            color=colour,
+        )
+        ax.annotate(s.label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats (test set, mean over seeds)")
+    ax.set_ylabel("distortion: -log p(x|z), nats")
+    ax.set_title("Rate-distortion of every variant; grey lines: equal -ELBO (rate + distortion)")
+    ax.grid(alpha=0.2)
+    return fig
+
+
+def render(
+    out: Path,
+    summaries: list[Summary],
+    header: list[str],
+    tuning: list[list[object]],
+) -> list[Path]:
+    """Write summary.csv, ablation.md and both figures into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "summary.csv", summary_csv(summaries))
+    save_figure(forest(summaries), out / FOREST)
+    save_figure(rate_distortion(summaries), out / RATE_DISTORTION)
+    text = "\n".join(
+        [
+            "# The trick ablation",
+            "",
+            "Generated by `python -m vaelab.experiments.ablation` from [runs.csv](runs.csv) "
+            "(one row per finished run); do not edit by hand.",
+            "",
+            *header,
+            "",
+            "## In plain words",
+            "",
+            *in_words(summaries),
+            "",
+            "## Every variant",
+            "",
+            table(summaries),
+            f"![forest plot]({FOREST})",
+            "",
+            f"![rate-distortion plane]({RATE_DISTORTION})",
+            "",
+            "## Learning rates of the optimizers (tuning at seed 1, validation -ELBO)",
+            "",
+            markdown(["optimizer", "learning rate", "validation -ELBO", "chosen"], tuning),
+        ]
+    )
+    write_text(out / "ablation.md", text)
+    return [out / name for name in ("summary.csv", "ablation.md", FOREST, RATE_DISTORTION)]

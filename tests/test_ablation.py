@@ -1,0 +1,255 @@
+"""The trick ablation: its variants, the statistics, resuming from the committed CSV, and the
+report (one real run of it through DVC is in the slow test at the end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tests.conftest import commit_all, committed_params, run
+from vaelab.core.errors import VaelabError
+from vaelab.experiments import ablation
+from vaelab.experiments.ablation import Design, digest, execute, plan, read_rows, variants
+from vaelab.experiments.effects import Interval, welch
+from vaelab.report.ablation_report import render
+
+TUNED = {"adam": 3e-3, "rmsprop": 3e-4, "sgd": 1e-2}
+
+
+def test_welch_interval_matches_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.5, 3), rng.normal(0.0, 0.2, 5)
+    ours = welch(list(a), list(b))
+    theirs = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert ours.difference == pytest.approx(a.mean() - b.mean())
+    assert (ours.low, ours.high) == pytest.approx((theirs.low, theirs.high))
+    assert welch([1.0], [1.0, 2.0]) is None
+
+
+@pytest.mark.parametrize(
+    ("interval", "verdict"),
+    [
+        (Interval(-0.5, -0.9, -0.1), "helps"),
+        (Interval(0.5, 0.1, 0.9), "hurts"),
+        (Interval(-0.5, -1.1, 0.1), "no measurable difference"),
+    ],
+)
+def test_a_verdict_needs_the_interval_to_exclude_zero(interval, verdict):
+    assert interval.verdict == verdict
+
+
+def test_every_trick_of_the_tutorial_is_a_variant_and_none_is_the_baseline():
+    design = Design(committed_params())
+    chosen = variants(design.base, TUNED)
+    names = {v.name for v in chosen}
+    assert {
+        "normalize-inputs-false", "binarize-none", "binarize-static", "augment-rotation",
+        "augment-shift", "augment-shear", "augment-zoom", "augment-flip", "augment-recipe",
+        "optimizer-adam", "optimizer-rmsprop", "optimizer-sgd", "lr-constant",
+        "lr-exponential", "lr-plateau", "kl-constant", "kl-cyclical", "kl-free-bits",
+        "beta-0.5", "beta-2", "beta-4", "batch-norm-true", "early-stopping-false",
+        "likelihood-gaussian",
+    } <= names  # fmt: skip
+    assert len(names) == len(chosen)
+    digests = [digest(design.effective(1, v.overrides)) for v in chosen]
+    assert len(set(digests)) == len(chosen)  # every variant changes something, differently
+    recipe = design.effective(1, next(v for v in chosen if v.name == "augment-recipe").overrides)
+    augment = recipe.prepare.augment
+    assert (augment.rotation, augment.shift, augment.shear, augment.zoom) == (20, 0.2, 0.2, 0.2)
+    assert augment.enabled and augment.horizontal_flip and not augment.vertical_flip
+    rotation = design.effective(
+        1, next(v for v in chosen if v.name == "augment-rotation").overrides
+    )
+    assert rotation.prepare.augment.shift == 0 and rotation.prepare.augment.zoom == 0
+    gaussian = next(v for v in chosen if v.name == "likelihood-gaussian")
+    assert gaussian.metric == "recon_mse_grayscale"
+
+
+def test_variants_are_the_alternatives_to_the_baselines_setting():
+    base = committed_params().replace(
+        {
+            "prepare": {"binarize": "static"},
+            "train": {
+                "architecture": {"batch_norm": True},
+                "kl": {"schedule": "cyclical", "beta": 2.0},
+                "lr_schedule": {"name": "constant"},
+                "reduce_on_plateau": {"enabled": True},
+            },
+        }
+    )
+    names = {v.name for v in variants(base, {})}
+    assert {"binarize-none", "binarize-dynamic", "batch-norm-false", "kl-linear"} <= names
+    assert {"binarize-static", "batch-norm-true", "kl-cyclical", "beta-2", "lr-plateau"}.isdisjoint(
+        names
+    )
+    cosine = next(v for v in variants(base, {}) if v.name == "lr-cosine")
+    assert Design(base).effective(1, cosine.overrides).train.reduce_on_plateau.enabled is False
+
+
+def test_tuning_at_the_baselines_rate_is_the_baseline_run():
+    design = Design(committed_params())
+    rate = design.base.train.optimizer.learning_rate
+    assert (
+        ablation.tuning_run(design, "adam", rate).digest
+        == design.run("baseline", 1, (), "evaluate").digest
+    )
+    assert (
+        ablation.tuning_run(design, "adam", rate * 3).digest
+        != design.run("baseline", 1, (), "evaluate").digest
+    )
+    assert (
+        design.run("baseline", 2, (), "evaluate").digest
+        != design.run("baseline", 1, (), "evaluate").digest
+    )
+
+
+def _row(run, **values) -> dict[str, str]:
+    row = dict.fromkeys(ablation.COLUMNS, "")
+    row.update(variant=run.variant, seed=str(run.seed), target=run.target, digest=run.digest)
+    row.update({k: str(v) for k, v in values.items()})
+    return row
+
+
+def test_tuned_rates_take_the_lowest_validation_loss_once_the_grid_is_complete():
+    design = Design(committed_params())
+    rows = [
+        _row(ablation.tuning_run(design, "sgd", rate), val_neg_elbo=score)
+        for rate, score in zip(ablation.LEARNING_RATES["sgd"], (120.0, 101.5, 130.0), strict=True)
+    ]
+    assert ablation.tuned_rates(design, rows) == {"sgd": ablation.LEARNING_RATES["sgd"][1]}
+    assert ablation.tuned_rates(design, rows[:2]) == {}
+    planned = {r.variant for r in plan(design, rows)}
+    assert "optimizer-sgd" in planned and "optimizer-rmsprop" not in planned
+
+
+def _fake_results(run, settings) -> dict[str, str]:
+    """What a finished experiment committed, made up from its settings."""
+    nll = 90.0 + 0.1 * run.seed + (1.0 if "train.kl.beta=2.0" in settings else 0.0)
+    evaluate = {"nll": nll, "neg_elbo": nll + 5, "kl": 25.0, "reconstruction": nll - 20,
+                "active_units": 30, "recon_mse_grayscale": 0.006, "frechet_distance": 30.0,
+                "seconds": 90.0}  # fmt: skip
+    train = {"val_neg_elbo": nll + 6, "best_epoch": 30, "epochs": 30, "train_seconds": 170.0}
+    return {"results/evaluate/metrics.json": json.dumps(evaluate),
+            "results/train/metrics.json": json.dumps(train)}  # fmt: skip
+
+
+def test_a_stopped_ablation_resumes_from_the_csv_and_reports_what_it_has(tmp_path):
+    design = Design(committed_params(), ("train.epochs=30",), seeds=2, baseline_seeds=3)
+    runs = plan(design, [], {"baseline", "beta-2"})
+    assert [r.experiment for r in runs] == [
+        "abl-baseline-s1", "abl-baseline-s2", "abl-baseline-s3", "abl-beta-2-s1", "abl-beta-2-s2",
+    ]  # fmt: skip
+    committed: dict[str, dict[str, str]] = {}
+    launched: list[str] = []
+
+    def launch(run, settings):
+        if len(launched) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the fourth run
+        launched.append(run.experiment)
+        committed[run.experiment] = _fake_results(run, settings)
+
+    def reader(name, path):
+        return committed.get(name, {}).get(path)
+
+    csv_path = tmp_path / "runs.csv"
+    with pytest.raises(KeyboardInterrupt):
+        execute(design, runs, csv_path, launch, reader, lambda rows: None)
+    assert [row["variant"] for row in read_rows(csv_path)] == ["baseline"] * 3
+    launched.clear()
+    committed.clear()  # a new machine: only the CSV came along
+    assert execute(design, runs, csv_path, launch, reader, lambda rows: None) == 2
+    assert launched == ["abl-beta-2-s1", "abl-beta-2-s2"]
+    assert execute(design, runs, csv_path, launch, reader, lambda rows: None) == 0
+
+    rows = read_rows(csv_path)
+    found = {s.name: s for s in ablation.summaries(design, rows)}
+    beta = found["beta-2"]
+    assert beta.n == 2 and found["baseline"].n == 3
+    assert beta.means["test_nll"] == pytest.approx(91.15)
+    assert beta.interval.difference == pytest.approx(0.95)  # 91.15 - mean(90.1, 90.2, 90.3)
+    assert beta.verdict == "hurts"
+    written = render(tmp_path, list(found.values()), ablation.header(design, rows), [])
+    text = (tmp_path / "ablation.md").read_text()
+    assert "**hurts**: beta = 2." in text and "+0.95 [" in text
+    for path in written:
+        assert path.stat().st_size > 0
+    assert (tmp_path / "forest.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_csv_from_something_else_is_refused(tmp_path):
+    (tmp_path / "runs.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(VaelabError, match="lacks column"):
+        read_rows(tmp_path / "runs.csv")
+
+
+def test_a_malformed_override_is_named():
+    with pytest.raises(VaelabError, match=r"train\.epochs"):
+        ablation.nested(["train.epochs"])
+
+
+@pytest.mark.slow
+def test_the_ablation_survives_sigkill_and_resumes_from_its_csv(project, real_mirror):
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        "VAELAB_MNIST_MIRROR": str(real_mirror),
+        "DVC_NO_ANALYTICS": "1",
+    }
+    commit_all(project, "baseline")
+    command = [
+        sys.executable, "-m", "vaelab.experiments.ablation", "--only", "baseline,beta-2",
+        "--seeds", "1", "--baseline-seeds", "2", "--profile", "train.epochs=2",
+    ]  # fmt: skip
+    csv_path = project / "docs" / "ablation" / "runs.csv"
+    job = subprocess.Popen(command, cwd=project, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not (csv_path.exists() and len(read_rows(csv_path)) == 1):
+        assert job.poll() is None and time.monotonic() < deadline, "no first row"
+        time.sleep(0.5)
+    time.sleep(5)  # into the second run's DVC experiment
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    first = read_rows(csv_path)
+    assert len(first) == 1 and first[0]["variant"] == "baseline" and first[0]["seed"] == "1"
+
+    out = run(command, project, env)
+    assert "abl-baseline-s1" not in out and "abl-baseline-s2" in out and "abl-beta-2-s1" in out
+    rows = read_rows(csv_path)
+    assert rows[0] == first[0]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("baseline", "1"), ("baseline", "2"),
+                                                         ("beta-2", "1")]  # fmt: skip
+    for row in rows:
+        assert np.isfinite(float(row["test_nll"])) and row["epochs_run"] == "2"
+    assert "+" in (project / "docs/ablation/ablation.md").read_text()  # beta-2's difference
+    assert (project / "docs/ablation/rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
+    shown = run(["dvc", "exp", "show", "--csv"], project)
+    assert "abl-beta-2-s1" in shown
+    assert "Running" not in run(["dvc", "queue", "status"], project)
+
+
+def test_runs_keep_the_snapshot_baseline_when_params_yaml_changes_later(tmp_path):
+    committed = committed_params()
+    base = ablation.snapshot(tmp_path, committed)
+    assert base == committed and (tmp_path / "baseline.yaml").exists()
+    later = committed.replace(
+        {"train": {"epochs": 7, "architecture": {"hidden": [64], "activation": "elu"}}}
+    )
+    assert ablation.snapshot(tmp_path, later) == committed  # the snapshot is not overwritten
+    before = Design(base, seeds=1, baseline_seeds=1)
+    after = Design(base, seeds=1, baseline_seeds=1, current=later)
+    for old, new in zip(plan(before, []), plan(after, []), strict=True):
+        assert old.digest == new.digest
+        # the -S values turn today's params.yaml into exactly the baseline's run
+        made = later.replace(ablation.nested(after.settings(new)))
+        assert made == after.effective(new.seed, new.overrides)
+    settings = after.settings(after.run("baseline", 1, (), "evaluate"))
+    assert "train.architecture.hidden=[512, 512]" in settings and "train.epochs=30" in settings
