@@ -178,7 +178,7 @@ def test_a_stopped_ablation_resumes_from_the_csv_and_reports_what_it_has(tmp_pat
     assert beta.verdict == "hurts"
     written = render(tmp_path, list(found.values()), ablation.header(design, rows), [])
     text = (tmp_path / "ablation.md").read_text()
-    assert "**hurts**: beta = 2." in text and "+0.95 [" in text
+    assert "**hurts**: KL weight: beta = 2." in text and "+0.95 [" in text
     for path in written:
         assert path.stat().st_size > 0
     assert (tmp_path / "forest.png").read_bytes()[:4] == b"\x89PNG"

@@ -51,6 +51,16 @@ PROFILE = ("train.epochs=30",)  # over params.yaml; k and the test set stay the 
 SEEDS = 3
 BASELINE_SEEDS = 5
 TUNING_SEED = 1
+RUN_ORDER = (  # groups most likely to change the default first; augmentation is known to cost
+    "batch normalization",
+    "KL weight",
+    "learning-rate decay",
+    "binarization",
+    "input normalization",
+    "early stopping",
+    "decoder likelihood",
+    "augmentation",
+)
 LEARNING_RATES = {  # the tuning grid of each optimizer
     "adam": (3e-4, 1e-3, 3e-3),
     "rmsprop": (1e-4, 3e-4, 1e-3),
@@ -192,7 +202,7 @@ def variants(base: Params, tuned: dict[str, float]) -> list[Variant]:
     """The baseline, then every alternative to its setting of each trick. Optimizers appear
     once ``tuned`` (name -> learning rate) knows their rate."""
     t, arch, kl = base.train, base.train.architecture, base.train.kl
-    found = [Variant("baseline", "baseline", "params.yaml on the ablation profile")]
+    found = [Variant("baseline", "baseline", "baseline.yaml as it is")]
     found.append(
         Variant(
             f"normalize-inputs-{_flag(not arch.normalize_inputs)}",
@@ -368,19 +378,25 @@ def tuned_rates(design: Design, rows: list[dict[str, str]]) -> dict[str, float]:
 
 
 def plan(design: Design, rows: list[dict[str, str]], only: set[str] | None = None) -> list[Run]:
-    """Every run the ablation needs, in order: baseline seeds, tuning, then variant by variant
-    (all seeds of one before the next), so a partial table has whole rows."""
+    """Every run the ablation needs, in order: the baseline's seeds, then variant by variant
+    in `RUN_ORDER` (all seeds of one before the next, so a partial table has whole rows), the
+    optimizers' learning-rate tuning and, once it is done, their variants last."""
     chosen = variants(design.base, tuned_rates(design, rows))
+    others = sorted(
+        (v for v in chosen[1:] if v.group != "optimizer"), key=lambda v: RUN_ORDER.index(v.group)
+    )
+    tuning = [tuning_run(design, n, rate) for n, rates in LEARNING_RATES.items() for rate in rates]
     runs = [design.run("baseline", s, (), "evaluate") for s in design.seeds_of("baseline")]
-    runs += [tuning_run(design, n, rate) for n, rates in LEARNING_RATES.items() for rate in rates]
-    for variant in chosen[1:]:
-        runs += [
-            design.run(variant.name, s, variant.overrides, "evaluate")
-            for s in design.seeds_of(variant.name)
-        ]
+    for variant in others:
+        runs += [design.run(variant.name, s, variant.overrides, "evaluate")
+                 for s in design.seeds_of(variant.name)]  # fmt: skip
+    runs += tuning
+    for variant in (v for v in chosen if v.group == "optimizer"):
+        runs += [design.run(variant.name, s, variant.overrides, "evaluate")
+                 for s in design.seeds_of(variant.name)]  # fmt: skip
     if only:
-        tuning = "optimizer" in only or any(v.startswith("optimizer-") for v in only)
-        runs = [r for r in runs if r.variant in only or (tuning and r.variant.startswith("tune-"))]
+        tune = "optimizer" in only or any(v.startswith("optimizer-") for v in only)
+        runs = [r for r in runs if r.variant in only or (tune and r.variant.startswith("tune-"))]
     return runs
 
 
@@ -523,7 +539,7 @@ def tuning(design: Design, rows: list[dict[str, str]]) -> list[list[object]]:
     for name, rates in LEARNING_RATES.items():
         for rate in rates:
             row = finished(rows, tuning_run(design, name, rate))
-            score = float(row["val_neg_elbo"]) if row else None
+            score = float(row["val_neg_elbo"]) if row and row["val_neg_elbo"] else None
             table.append([name, rate, score, "yes" if tuned.get(name) == rate else ""])
     return table
 

@@ -84,8 +84,10 @@ def summarize(
         if values:
             means[column], sds[column] = mean_sd(values)
     metric = about["metric"]
-    interval = welch(
-        [float(row[metric]) for row in variant_rows],
-        [float(row[metric]) for row in baseline_rows],
-    )
+    interval = None
+    if about["name"] != "baseline":
+        interval = welch(
+            [float(row[metric]) for row in variant_rows],
+            [float(row[metric]) for row in baseline_rows],
+        )
     return Summary(n=len(variant_rows), means=means, sds=sds, interval=interval, **about)

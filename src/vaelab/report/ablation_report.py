@@ -45,10 +45,10 @@ def in_words(summaries: list[Summary]) -> list[str]:
     """One sentence per verdict: which tricks help, hurt, or make no measurable difference."""
     lines = []
     for verdict in ("helps", "hurts", "no measurable difference"):
-        chosen = [s.label for s in summaries if s.verdict == verdict]
+        chosen = [f"{s.group}: {s.label}" for s in summaries if s.verdict == verdict]
         if chosen:
             lines.append(f"- **{verdict}**: " + "; ".join(chosen) + ".")
-    waiting = [s.label for s in summaries if s.verdict == "too few seeds yet"]
+    waiting = [f"{s.group}: {s.label}" for s in summaries if s.verdict == "too few seeds yet"]
     if waiting:
         lines.append("- **not judged yet** (fewer than 2 seeds): " + "; ".join(waiting) + ".")
     return lines
@@ -130,7 +130,8 @@ def forest(summaries: list[Summary]) -> plt.Figure:
             capsize=3,
         )
     ax.axvline(0.0, color="black", linewidth=1)
-    ax.set_yticks(range(len(judged)), [f"{s.label} (n={s.n})" for s in judged], fontsize=8)
+    labels = [f"{s.group}: {s.label} (n={s.n})" for s in judged]
+    ax.set_yticks(range(len(judged)), labels, fontsize=8)
     ax.set_xlabel(f"test NLL minus the baseline's, nats ({LEVEL:.0%} Welch interval); < 0 helps")
     ax.set_title("Effect of each trick against the baseline (green helps, red hurts)")
     ax.grid(axis="x", alpha=0.3)
@@ -164,6 +165,8 @@ def rate_distortion(summaries: list[Summary]) -> plt.Figure:
             fmt="*" if baseline else "o",
             markersize=12 if baseline else 5,
             color=colour,
+            elinewidth=0.8,
+            alpha=0.8,
         )
         ax.annotate(s.label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats (test set, mean over seeds)")
