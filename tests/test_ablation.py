@@ -113,7 +113,13 @@ def test_tuning_at_the_baselines_rate_is_the_baseline_run():
 
 def _row(run, **values) -> dict[str, str]:
     row = dict.fromkeys(ablation.COLUMNS, "")
-    row.update(variant=run.variant, seed=str(run.seed), target=run.target, digest=run.digest)
+    row.update(
+        status=ablation.OK,
+        variant=run.variant,
+        seed=str(run.seed),
+        target=run.target,
+        digest=run.digest,
+    )
     row.update({k: str(v) for k, v in values.items()})
     return row
 
@@ -126,6 +132,8 @@ def test_tuned_rates_take_the_lowest_validation_loss_once_the_grid_is_complete()
     ]
     assert ablation.tuned_rates(design, rows) == {"sgd": ablation.LEARNING_RATES["sgd"][1]}
     assert ablation.tuned_rates(design, rows[:2]) == {}
+    rows[1] = {**rows[1], "status": "failed: NaN loss", "val_neg_elbo": ""}  # diverged
+    assert ablation.tuned_rates(design, rows) == {"sgd": ablation.LEARNING_RATES["sgd"][0]}
     planned = {r.variant for r in plan(design, rows)}
     assert "optimizer-sgd" in planned and "optimizer-rmsprop" not in planned
 
@@ -253,3 +261,26 @@ def test_runs_keep_the_snapshot_baseline_when_params_yaml_changes_later(tmp_path
         assert made == after.effective(new.seed, new.overrides)
     settings = after.settings(after.run("baseline", 1, (), "evaluate"))
     assert "train.architecture.hidden=[512, 512]" in settings and "train.epochs=30" in settings
+
+
+def test_a_failing_run_is_recorded_once_and_left_out_of_the_summary(tmp_path):
+    design = Design(committed_params(), seeds=2, baseline_seeds=2)
+    runs = plan(design, [], {"baseline", "beta-4"})
+    results = {}
+
+    def launch(run, settings):
+        if run.experiment == "abl-beta-4-s2":
+            raise VaelabError("`dvc exp run` failed:\n...\ntraining diverged: NaN loss")
+        results[run.experiment] = _fake_results(run, settings)
+
+    def reader(name, path):
+        return results[name][path]
+
+    csv_path = tmp_path / "runs.csv"
+    assert execute(design, runs, csv_path, launch, reader, lambda rows: None) == 4
+    assert execute(design, runs, csv_path, launch, reader, lambda rows: None) == 0  # no retry
+    rows = read_rows(csv_path)
+    assert rows[-1]["status"] == "failed: training diverged: NaN loss"
+    beta = next(s for s in ablation.summaries(design, rows) if s.name == "beta-4")
+    assert beta.n == 1 and beta.verdict == "too few seeds yet"
+    assert "abl-beta-4-s2` failed: training diverged" in " ".join(ablation.header(design, rows))

@@ -3,7 +3,8 @@ recipe, at several seeds, with 95% intervals; resumable from the committed resul
 
     python -m vaelab.experiments.ablation [--only NAME,...] [--plan] [--report]
 
-Every run is one DVC experiment on the ablation profile over params.yaml (the baseline):
+Every run is one DVC experiment on the ablation profile over the baseline (``baseline.yaml``
+beside the results: params.yaml as it was when the ablation started):
 
     dvc exp run --temp evaluate -n abl-<variant>-s<seed> -S base.seed=<seed> -S <profile...>
         -S <variant's overrides...>
@@ -13,7 +14,8 @@ tagged ``sweep=ablation`` in MLflow. The variants are derived from the baseline:
 Adam, RMSprop and SGD each run at their own learning rate, tuned first on a grid at the
 first seed by the best validation -ELBO (the test set is not looked at).
 
-After each run its row is added to ``docs/ablation/runs.csv`` and the summary, the table and
+After each run its row is added (a run that fails, e.g. diverges, is recorded as failed with
+its error and not retried) to ``docs/ablation/runs.csv`` and the summary, the table and
 the figures are rendered again, so a partial table is true. A run is skipped when runs.csv
 already holds a row with its params digest (the effective params every stage reads, seed
 included): the committed CSV, not a local MLflow store, is what resumes a stopped job.
@@ -26,6 +28,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -51,6 +54,7 @@ PROFILE = ("train.epochs=30",)  # over params.yaml; k and the test set stay the 
 SEEDS = 3
 BASELINE_SEEDS = 5
 TUNING_SEED = 1
+OK = "finished"
 RUN_ORDER = (  # groups most likely to change the default first; augmentation is known to cost
     "batch normalization",
     "KL weight",
@@ -81,6 +85,7 @@ METRICS = (  # read from the experiment's results: (column, stage, key)
     ("evaluate_seconds", "evaluate", "seconds"),
 )
 COLUMNS = (
+    "status",
     "variant",
     "seed",
     "target",
@@ -369,11 +374,13 @@ def tuned_rates(design: Design, rows: list[dict[str, str]]) -> dict[str, float]:
         scores = {}
         for rate in rates:
             row = finished(rows, tuning_run(design, name, rate))
-            if row is None or not row["val_neg_elbo"]:
+            if row is None:
                 break
-            scores[rate] = float(row["val_neg_elbo"])
+            scores[rate] = float(row["val_neg_elbo"]) if row["status"] == OK else math.inf
         else:
-            out[name] = min(scores, key=scores.__getitem__)
+            best = min(scores, key=scores.__getitem__)
+            if math.isfinite(scores[best]):
+                out[name] = best
     return out
 
 
@@ -403,7 +410,7 @@ def plan(design: Design, rows: list[dict[str, str]], only: set[str] | None = Non
 def summaries(design: Design, rows: list[dict[str, str]]) -> list[Summary]:
     """Each variant with at least one finished seed, rows matched by digest (a row of an
     earlier definition of the variant, e.g. another tuned rate, is not counted)."""
-    by_digest = {row["digest"]: row for row in rows if row["target"] == "evaluate"}
+    by_digest = {r["digest"]: r for r in rows if r["target"] == "evaluate" and r["status"] == OK}
 
     def rows_of(variant: Variant) -> list[dict[str, str]]:
         seeds = design.seeds_of(variant.name)
@@ -443,6 +450,12 @@ def experiment_outputs(run: Run, reader: Callable[[str, str], str | None]) -> di
         values = json.loads(text)
         found |= {col: values[key] for col, where, key in METRICS if where == stage}
     return found
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of an error's output, as one CSV cell."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "unknown error")[:300]
 
 
 def cpu_name() -> str:
@@ -493,14 +506,20 @@ def execute(
             continue
         print(f"[{index}/{len(runs)}] {run.experiment} ({run.target}) ...", flush=True)
         started = time.perf_counter()
-        launch(run, design.settings(run))
+        try:
+            launch(run, design.settings(run))
+            status, outputs = OK, experiment_outputs(run, reader)
+        except VaelabError as exc:  # recorded, so that a resumed job does not retry it forever
+            status, outputs = f"failed: {last_line(str(exc))}", {}
+            print(f"{run.experiment} {status}", file=sys.stderr)
         row = {
+            "status": status,
             "variant": run.variant,
             "seed": run.seed,
             "target": run.target,
             "digest": run.digest,
             "overrides": " ".join(run.overrides),
-            **experiment_outputs(run, reader),
+            **outputs,
             "wall_seconds": round(time.perf_counter() - started, 1),
             "commit": git_commit(),
             "cpu": cpu_name(),
@@ -527,10 +546,20 @@ def header(design: Design, rows: list[dict[str, str]]) -> list[str]:
         "weights, the shuffling and the binarization and augmentation draws); test NLL with k = "
         f"{base.evaluate.importance_samples} on all {base.prepare.test_size:,} test images.",
         "",
-        f"**Progress**: {done} of {len(runs)} runs finished ({hours:.1f} h of wall time, "
+        f"**Progress**: {done} of {len(runs)} runs done ({hours:.1f} h of wall time, "
         f"one run at a time) on {cpus}. Runs still missing leave a row short of seeds or "
         "absent; nothing shown is provisional beyond its seed count.",
+        *failures(rows),
     ]
+
+
+def failures(rows: list[dict[str, str]]) -> list[str]:
+    failed = [f"`abl-{r['variant']}-s{r['seed']}` {r['status']}" for r in rows if r["status"] != OK]
+    return (
+        ["", "**Failed runs** (recorded, not retried): " + "; ".join(failed) + "."]
+        if failed
+        else []
+    )
 
 
 def tuning(design: Design, rows: list[dict[str, str]]) -> list[list[object]]:
