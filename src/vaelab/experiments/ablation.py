@@ -46,6 +46,7 @@ import yaml
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
 from vaelab.core.params import Params, flatten, load_params
+from vaelab.core.paths import Artifacts
 from vaelab.experiments.effects import Summary, summarize
 
 OUT = Path("docs/ablation")
@@ -439,14 +440,16 @@ def summaries(design: Design, rows: list[dict[str, str]]) -> list[Summary]:
     return found
 
 
-def experiment_outputs(run: Run, reader: Callable[[str, str], str | None]) -> dict[str, Any]:
+def experiment_outputs(
+    run: Run, reader: Callable[[str, str], str | None], paths: Artifacts
+) -> dict[str, Any]:
     """The run's numbers from the results its experiment committed."""
     found: dict[str, Any] = {}
-    stages = ("train", "evaluate") if run.target == "evaluate" else ("train",)
-    for stage in stages:
-        text = reader(run.experiment, f"results/{stage}/metrics.json")
+    files = {"train": paths.train_metrics, "evaluate": paths.evaluate_metrics}
+    for stage in ("train", "evaluate") if run.target == "evaluate" else ("train",):
+        text = reader(run.experiment, files[stage].as_posix())
         if text is None:
-            raise VaelabError(f"experiment {run.experiment} has no results/{stage}/metrics.json")
+            raise VaelabError(f"experiment {run.experiment} has no {files[stage]}")
         values = json.loads(text)
         found |= {col: values[key] for col, where, key in METRICS if where == stage}
     return found
@@ -508,7 +511,7 @@ def execute(
         started = time.perf_counter()
         try:
             launch(run, design.settings(run))
-            status, outputs = OK, experiment_outputs(run, reader)
+            status, outputs = OK, experiment_outputs(run, reader, Artifacts.of(design.base))
         except VaelabError as exc:  # recorded, so that a resumed job does not retry it forever
             status, outputs = f"failed: {last_line(str(exc))}", {}
             print(f"{run.experiment} {status}", file=sys.stderr)
