@@ -109,6 +109,9 @@ def test_tuning_at_the_baselines_rate_is_the_baseline_run():
         design.run("baseline", 2, (), "evaluate").digest
         != design.run("baseline", 1, (), "evaluate").digest
     )
+    planned = [r.variant for r in plan(design, [])]
+    assert f"tune-adam-{rate:g}" not in planned and "tune-adam-0.003" in planned
+    assert len(planned) == len({r.digest for r in plan(design, [])})
 
 
 def _row(run, **values) -> dict[str, str]:

@@ -402,6 +402,13 @@ def plan(design: Design, rows: list[dict[str, str]], only: set[str] | None = Non
     for variant in (v for v in chosen if v.group == "optimizer"):
         runs += [design.run(variant.name, s, variant.overrides, "evaluate")
                  for s in design.seeds_of(variant.name)]  # fmt: skip
+    covered: dict[str, str] = {}  # digest -> target: Adam at the baseline's rate is its run
+    unique = []
+    for run in runs:
+        if covered.get(run.digest) not in ("evaluate", run.target):
+            unique.append(run)
+            covered[run.digest] = run.target
+    runs = unique
     if only:
         tune = "optimizer" in only or any(v.startswith("optimizer-") for v in only)
         runs = [r for r in runs if r.variant in only or (tune and r.variant.startswith("tune-"))]

@@ -51,7 +51,7 @@ def in_words(summaries: list[Summary]) -> list[str]:
     waiting = [f"{s.group}: {s.label}" for s in summaries if s.verdict == "too few seeds yet"]
     if waiting:
         lines.append("- **not judged yet** (fewer than 2 seeds): " + "; ".join(waiting) + ".")
-    return lines
+    return lines or ["No variant has finished yet: only the baseline's seeds are in."]
 
 
 def table(summaries: list[Summary]) -> str:
