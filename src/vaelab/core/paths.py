@@ -15,7 +15,8 @@ from vaelab.core.params import Params
 SPLITS = ("train", "val", "test")
 MLFLOW_STORE = "mlflow.db"  # the embedded SQLite tracking store, at the project root
 MLFLOW_ARTIFACTS = "mlartifacts"
-REPORTS = Path("reports")  # what commands over many runs write (compare, sweep, ablation)
+REPORTS = Path("reports")  # what commands over many runs write (compare, sweep)
+ABLATION = Path("docs/ablation")  # the ablation's results, committed: what resumes it
 
 
 def project_root(environ: Mapping[str, str] = os.environ, cwd: Path | None = None) -> Path:

@@ -46,10 +46,9 @@ import yaml
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
 from vaelab.core.params import Params, flatten, load_params
-from vaelab.core.paths import Artifacts
+from vaelab.core.paths import ABLATION, Artifacts
 from vaelab.experiments.effects import Summary, summarize
 
-OUT = Path("docs/ablation")
 BASELINE_FILE = "baseline.yaml"  # the params the ablation started from
 PROFILE = ("train.epochs=30",)  # over params.yaml; k and the test set stay the defaults
 SEEDS = 3
@@ -591,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", help="comma-separated variant names ('optimizer' = tuning)")
     parser.add_argument("--plan", action="store_true", help="list the runs and what is done")
     parser.add_argument("--report", action="store_true", help="render only, run nothing")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=ABLATION)
     parser.add_argument(
         "--profile",
         action="append",
