@@ -18,8 +18,8 @@ from tests.conftest import commit_all, committed_params, run
 from vaelab.core.errors import VaelabError
 from vaelab.experiments import ablation
 from vaelab.experiments.ablation import Design, digest, execute, plan, read_rows, variants
+from vaelab.experiments.ablation_report import render
 from vaelab.experiments.effects import Interval, welch
-from vaelab.report.ablation_report import render
 
 TUNED = {"adam": 3e-3, "rmsprop": 3e-4, "sgd": 1e-2}
 

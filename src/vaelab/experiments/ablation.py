@@ -584,7 +584,7 @@ def tuning(design: Design, rows: list[dict[str, str]]) -> list[list[object]]:
 
 def main(argv: list[str] | None = None) -> None:
     from vaelab.experiments import sweep
-    from vaelab.report.ablation_report import render
+    from vaelab.experiments.ablation_report import render
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated variant names ('optimizer' = tuning)")
