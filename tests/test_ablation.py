@@ -17,7 +17,15 @@ from scipy import stats
 from tests.conftest import commit_all, committed_params, run
 from vaelab.core.errors import VaelabError
 from vaelab.experiments import ablation
-from vaelab.experiments.ablation import Design, digest, execute, plan, read_rows, variants
+from vaelab.experiments.ablation import execute, plan, read_rows
+from vaelab.experiments.ablation_design import (
+    LEARNING_RATES,
+    Design,
+    digest,
+    nested,
+    snapshot,
+    variants,
+)
 from vaelab.experiments.ablation_report import render
 from vaelab.experiments.effects import Interval, welch
 
@@ -131,12 +139,12 @@ def test_tuned_rates_take_the_lowest_validation_loss_once_the_grid_is_complete()
     design = Design(committed_params())
     rows = [
         _row(ablation.tuning_run(design, "sgd", rate), val_neg_elbo=score)
-        for rate, score in zip(ablation.LEARNING_RATES["sgd"], (120.0, 101.5, 130.0), strict=True)
+        for rate, score in zip(LEARNING_RATES["sgd"], (120.0, 101.5, 130.0), strict=True)
     ]
-    assert ablation.tuned_rates(design, rows) == {"sgd": ablation.LEARNING_RATES["sgd"][1]}
+    assert ablation.tuned_rates(design, rows) == {"sgd": LEARNING_RATES["sgd"][1]}
     assert ablation.tuned_rates(design, rows[:2]) == {}
     rows[1] = {**rows[1], "status": "failed: NaN loss", "val_neg_elbo": ""}  # diverged
-    assert ablation.tuned_rates(design, rows) == {"sgd": ablation.LEARNING_RATES["sgd"][0]}
+    assert ablation.tuned_rates(design, rows) == {"sgd": LEARNING_RATES["sgd"][0]}
     planned = {r.variant for r in plan(design, rows)}
     assert "optimizer-sgd" in planned and "optimizer-rmsprop" not in planned
 
@@ -203,7 +211,7 @@ def test_a_csv_from_something_else_is_refused(tmp_path):
 
 def test_a_malformed_override_is_named():
     with pytest.raises(VaelabError, match=r"train\.epochs"):
-        ablation.nested(["train.epochs"])
+        nested(["train.epochs"])
 
 
 @pytest.mark.slow
@@ -252,18 +260,18 @@ def test_the_ablation_survives_sigkill_and_resumes_from_its_csv(project, real_mi
 
 def test_runs_keep_the_snapshot_baseline_when_params_yaml_changes_later(tmp_path):
     committed = committed_params()
-    base = ablation.snapshot(tmp_path, committed)
+    base = snapshot(tmp_path, committed)
     assert base == committed and (tmp_path / "baseline.yaml").exists()
     later = committed.replace(
         {"train": {"epochs": 7, "architecture": {"hidden": [64], "activation": "elu"}}}
     )
-    assert ablation.snapshot(tmp_path, later) == committed  # the snapshot is not overwritten
+    assert snapshot(tmp_path, later) == committed  # the snapshot is not overwritten
     before = Design(base, seeds=1, baseline_seeds=1)
     after = Design(base, seeds=1, baseline_seeds=1, current=later)
     for old, new in zip(plan(before, []), plan(after, []), strict=True):
         assert old.digest == new.digest
         # the -S values turn today's params.yaml into exactly the baseline's run
-        made = later.replace(ablation.nested(after.settings(new)))
+        made = later.replace(nested(after.settings(new)))
         assert made == after.effective(new.seed, new.overrides)
     settings = after.settings(after.run("baseline", 1, (), "evaluate"))
     assert "train.architecture.hidden=[512, 512]" in settings and "train.epochs=30" in settings

@@ -9,7 +9,7 @@ import pytest
 from mlflow.projects import _project_spec
 
 from tests.conftest import ROOT, committed_params
-from vaelab.experiments.ablation import nested
+from vaelab.experiments.ablation_design import nested
 
 HOSTILE = "x'; echo INJECTED; ' $(touch pwned) `id` a b\"c"
 
