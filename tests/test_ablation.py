@@ -54,17 +54,24 @@ def test_a_verdict_needs_the_interval_to_exclude_zero(interval, verdict):
     assert interval.verdict == verdict
 
 
-def test_every_trick_of_the_tutorial_is_a_variant_and_none_is_the_baseline():
-    design = Design(committed_params())
+@pytest.mark.parametrize(
+    ("kl", "alternatives"),
+    [
+        ({"schedule": "linear", "free_bits": 0.0}, {"kl-constant", "kl-cyclical", "kl-free-bits"}),
+        ({"schedule": "constant", "free_bits": 0.25}, {"kl-constant", "kl-linear", "kl-cyclical"}),
+    ],
+)
+def test_every_trick_of_the_tutorial_is_a_variant_and_none_is_the_baseline(kl, alternatives):
+    design = Design(committed_params().replace({"train": {"kl": kl}}))
     chosen = variants(design.base, TUNED)
     names = {v.name for v in chosen}
+    assert {n for n in names if n.startswith("kl-")} == alternatives
     assert {
         "normalize-inputs-false", "binarize-none", "binarize-static", "augment-rotation",
         "augment-shift", "augment-shear", "augment-zoom", "augment-flip", "augment-recipe",
         "optimizer-adam", "optimizer-rmsprop", "optimizer-sgd", "lr-constant",
-        "lr-exponential", "lr-plateau", "kl-constant", "kl-cyclical", "kl-free-bits",
-        "beta-0.5", "beta-2", "beta-4", "batch-norm-true", "early-stopping-false",
-        "likelihood-gaussian",
+        "lr-exponential", "lr-plateau", "beta-0.5", "beta-2", "beta-4", "batch-norm-true",
+        "early-stopping-false", "likelihood-gaussian",
     } <= names  # fmt: skip
     assert len(names) == len(chosen)
     digests = [digest(design.effective(1, v.overrides)) for v in chosen]
@@ -87,7 +94,7 @@ def test_variants_are_the_alternatives_to_the_baselines_setting():
             "prepare": {"binarize": "static"},
             "train": {
                 "architecture": {"batch_norm": True},
-                "kl": {"schedule": "cyclical", "beta": 2.0},
+                "kl": {"schedule": "cyclical", "beta": 2.0, "free_bits": 0.0},
                 "lr_schedule": {"name": "constant"},
                 "reduce_on_plateau": {"enabled": True},
             },
