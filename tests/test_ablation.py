@@ -3,6 +3,7 @@ report (one real run of it through DVC is in the slow test at the end)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from vaelab.experiments.ablation_design import (
     snapshot,
     variants,
 )
-from vaelab.experiments.ablation_report import render
+from vaelab.experiments.ablation_report import label_spots, render
 from vaelab.experiments.effects import Interval, welch
 
 TUNED = {"adam": 3e-3, "rmsprop": 3e-4, "sgd": 1e-2}
@@ -305,3 +306,13 @@ def test_a_failing_run_is_recorded_once_and_left_out_of_the_summary(tmp_path):
     beta = next(s for s in ablation.summaries(design, rows) if s.name == "beta-4")
     assert beta.n == 1 and beta.verdict == "too few seeds yet"
     assert "abl-beta-4-s2` failed: training diverged" in " ".join(ablation.header(design, rows))
+
+
+def test_rate_distortion_labels_of_crowded_points_do_not_overlap():
+    xs, ys = [30.0, 30.1, 29.9, 45.0], [65.0, 65.1, 64.9, 55.0]
+    labels = ["baseline", "batch norm", "cyclical", "beta = 0.5"]
+    spots = label_spots(xs, ys, labels, per_point=(0.1, 0.2))
+    crowded = sorted(spots[:3], key=lambda spot: spot[1])
+    gaps = [b[1] - a[1] for a, b in itertools.pairwise(crowded)]
+    assert min(gaps) >= 9 * 0.2 - 1e-9  # one 9-pt line apart at least
+    assert spots[3] == pytest.approx((45.0 + 0.4, 55.0 + 0.6))  # alone: next to its point

@@ -138,6 +138,24 @@ def forest(summaries: list[Summary]) -> plt.Figure:
     return fig
 
 
+def label_spots(
+    xs: list[float], ys: list[float], labels: list[str], per_point: tuple[float, float]
+) -> list[tuple[float, float]]:
+    """Where each point's label goes (data units): just above-right of its point, moved up
+    past the labels already placed that it would overlap (7-pt text, lowest points first)."""
+    px, py = per_point
+    height = 9 * py
+    placed: list[tuple[float, float, float]] = []  # x, y, width
+    spots = [(0.0, 0.0)] * len(xs)
+    for i in sorted(range(len(xs)), key=ys.__getitem__):
+        x, y, width = xs[i] + 4 * px, ys[i] + 3 * py, (3.8 * len(labels[i]) + 4) * px
+        while any(abs(y - b) < height and x < a + w and a < x + width for a, b, w in placed):
+            y += height
+        placed.append((x, y, width))
+        spots[i] = (x, y)
+    return spots
+
+
 def rate_distortion(summaries: list[Summary]) -> plt.Figure:
     """Mean rate and distortion per variant (± sd), with lines of equal -ELBO."""
     points = [
@@ -168,7 +186,16 @@ def rate_distortion(summaries: list[Summary]) -> plt.Figure:
             elinewidth=0.8,
             alpha=0.8,
         )
-        ax.annotate(s.label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    per_point = (  # data units per typographic point, along x and y
+        np.ptp(ax.get_xlim()) / (ax.bbox.width * 72 / fig.dpi),
+        np.ptp(ax.get_ylim()) / (ax.bbox.height * 72 / fig.dpi),
+    )
+    labels = [s.label for s in points]
+    spots = label_spots(list(rates), list(distortions), labels, per_point)
+    for label, x, y, spot in zip(labels, rates, distortions, spots, strict=True):
+        moved = spot[1] - y > 6 * per_point[1]
+        arrow = {"arrowstyle": "-", "color": "gray", "linewidth": 0.5} if moved else None
+        ax.annotate(label, (x, y), xytext=spot, fontsize=7, arrowprops=arrow)
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats (test set, mean over seeds)")
     ax.set_ylabel("distortion: -log p(x|z), nats")
     ax.set_title("Rate-distortion of every variant; grey lines: equal -ELBO (rate + distortion)")
