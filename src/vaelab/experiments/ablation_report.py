@@ -192,10 +192,9 @@ def rate_distortion(summaries: list[Summary]) -> plt.Figure:
     )
     labels = [s.label for s in points]
     spots = label_spots(list(rates), list(distortions), labels, per_point)
+    leader = {"arrowstyle": "-", "color": "gray", "linewidth": 0.5}  # shows once a label moved
     for label, x, y, spot in zip(labels, rates, distortions, spots, strict=True):
-        moved = spot[1] - y > 6 * per_point[1]
-        arrow = {"arrowstyle": "-", "color": "gray", "linewidth": 0.5} if moved else None
-        ax.annotate(label, (x, y), xytext=spot, fontsize=7, arrowprops=arrow)
+        ax.annotate(label, (x, y), xytext=spot, fontsize=7, arrowprops=leader)
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats (test set, mean over seeds)")
     ax.set_ylabel("distortion: -log p(x|z), nats")
     ax.set_title("Rate-distortion of every variant; grey lines: equal -ELBO (rate + distortion)")
