@@ -19,7 +19,7 @@ import yaml
 from tests.conftest import free_port
 from vaelab.core.paths import Artifacts
 from vaelab.data.prepared import load_prepared, model_data, read_meta
-from vaelab.model.vae import build_encoder, build_vae
+from vaelab.model.vae import build_decoder, build_encoder, build_vae
 from vaelab.training.history import read_history
 from vaelab.training.loop import state_dir, train
 from vaelab.training.optim import build_optimizer
@@ -34,10 +34,20 @@ from vaelab.training.pipeline import training_dataset
         {"optimizer": {"name": "sgd", "momentum": 0.9}, "lr_schedule": {"name": "constant"}},
         {"lr_schedule": {"name": "constant"}, "reduce_on_plateau": {"enabled": True}},
         {"architecture": {"kind": "conv", "batch_norm": True}},
+        {"architecture": {"kind": "conv", "upsample": "pixel_shuffle"}},
         {"architecture": {"kind": "mlp", "batch_norm": True, "activation": "elu"}},
         {"likelihood": {"kind": "gaussian"}, "kl": {"schedule": "cyclical", "free_bits": 0.5}},
     ],
-    ids=["adam-cosine", "rmsprop-exp", "sgd-momentum", "plateau", "conv-bn", "mlp-bn", "gauss"],
+    ids=[
+        "adam-cosine",
+        "rmsprop-exp",
+        "sgd-momentum",
+        "plateau",
+        "conv-bn",
+        "conv-shuffle",
+        "mlp-bn",
+        "gauss",
+    ],
 )
 def test_every_option_trains(tiny_workdir, train_cfg):
     params = tiny_workdir(**{**train_cfg, "epochs": 1})
@@ -85,8 +95,9 @@ def test_unnormalized_encoder_sees_raw_pixel_values(tiny_workdir):
     assert not np.allclose(got[0], normalized.predict(x[:8], verbose=0)[0], atol=1e-2)
 
 
-def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_path):
-    params = tiny_workdir(architecture={"kind": "conv", "batch_norm": True})
+@pytest.mark.parametrize("upsample", ["transpose", "pixel_shuffle"])
+def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_path, upsample):
+    params = tiny_workdir(architecture={"kind": "conv", "batch_norm": True, "upsample": upsample})
     model = build_vae(params.train, seed=1)
     x, _ = load_prepared(Artifacts.of(params), "val")
     model.save(tmp_path / "m.keras")
@@ -95,6 +106,20 @@ def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_pat
     np.testing.assert_allclose(
         back.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0), atol=1e-6
     )
+
+
+def test_pixel_shuffle_decoder_puts_each_logit_in_its_2x2_patch(tiny_workdir):
+    params = tiny_workdir(architecture={"kind": "conv", "upsample": "pixel_shuffle"})
+    arch = params.train.architecture
+    decoder = build_decoder(arch)
+    assert decoder.output_shape == (None, 28, 28, 1)
+    assert [type(layer).__name__ for layer in decoder.layers].count("Conv2DTranspose") == 1
+    z = np.random.default_rng(0).standard_normal((3, arch.latent_dim)).astype("float32")
+    patches = keras.Model(decoder.input, decoder.layers[-2].output).predict(z, verbose=0)
+    logits = decoder.predict(z, verbose=0)
+    assert patches.shape == (3, 14, 14, 4)
+    for row, col in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        np.testing.assert_array_equal(logits[:, row::2, col::2, 0], patches[..., 2 * row + col])
 
 
 def test_same_seed_same_losses(tiny_workdir):

@@ -112,6 +112,10 @@ class Architecture(Section):
         min_length=1, max_length=2, description="one or two stride-2 conv stages (28 -> 14 -> 7)"
     )
     dense: int = Field(ge=0, le=8192, description="conv only; 0 = no dense layer")
+    upsample: Literal["transpose", "pixel_shuffle"] = Field(
+        description="conv decoder's last step to 28x28: a transposed-conv stage, or a 3x3 conv"
+        " to 4 logits per 14x14 pixel rearranged by depth_to_space (half the cost)"
+    )
     latent_dim: int = Field(ge=1, le=512)
     activation: Literal["relu", "elu", "gelu", "tanh", "swish", "leaky_relu"]
     batch_norm: bool

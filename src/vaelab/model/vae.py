@@ -34,6 +34,22 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="vaelab")
+class DepthToSpace(layers.Layer):
+    """Rearranges ``block**2`` channels per pixel into a ``block x block`` patch."""
+
+    def __init__(self, block: int = 2, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.block = block
+        self.built = True
+
+    def call(self, inputs):
+        return ops.depth_to_space(inputs, self.block, data_format="channels_last")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "block": self.block}
+
+
 def _block(x, layer: layers.Layer, arch: Architecture):
     x = layer(x)
     if arch.batch_norm:
@@ -75,9 +91,15 @@ def build_decoder(arch: Architecture) -> keras.Model:
             x = _block(x, layers.Dense(arch.dense), arch)
         x = _block(x, layers.Dense(side * side * arch.filters[-1]), arch)
         x = layers.Reshape((side, side, arch.filters[-1]))(x)
-        for filters in reversed(arch.filters):
+        shuffle = arch.upsample == "pixel_shuffle"
+        stages = list(reversed(arch.filters))[: -1 if shuffle else None]
+        for filters in stages:
             x = _block(x, layers.Conv2DTranspose(filters, 3, strides=2, padding="same"), arch)
-        logits = layers.Conv2D(1, 3, padding="same", name="logits")(x)
+        if shuffle:  # 4 logits per pixel of the 14x14 map, one for each of its 2x2 patch
+            x = layers.Conv2D(4, 3, padding="same")(x)
+            logits = DepthToSpace(2, name="logits")(x)
+        else:
+            logits = layers.Conv2D(1, 3, padding="same", name="logits")(x)
     return keras.Model(inputs, logits, name="decoder")
 
 
