@@ -3,6 +3,7 @@ report (one real run of it through DVC is in the slow test at the end)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -316,3 +317,16 @@ def test_rate_distortion_labels_of_crowded_points_do_not_overlap():
     gaps = [b[1] - a[1] for a, b in itertools.pairwise(crowded)]
     assert min(gaps) >= 9 * 0.2 - 1e-9  # one 9-pt line apart at least
     assert spots[3] == pytest.approx((45.0 + 0.4, 55.0 + 0.6))  # alone: next to its point
+
+
+def test_a_key_added_after_the_ablation_began_keeps_finished_runs_digests():
+    """`train.architecture.upsample` came after the first runs: at its old behaviour it is
+    left out of the digest, so a resumed ablation does not re-run them."""
+    current = committed_params()
+    state = current.model_dump(include={"prepare", "train", "classifier", "evaluate"})
+    del state["train"]["architecture"]["upsample"]
+    state["seed"] = current.base.seed
+    before = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+    assert digest(current) == before
+    shuffled = current.replace({"train": {"architecture": {"upsample": "pixel_shuffle"}}})
+    assert digest(shuffled) != before

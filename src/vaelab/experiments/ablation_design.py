@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
 from vaelab.core.params import Params, flatten, load_params
 
+LATER_KEYS = {"train.architecture.upsample": "transpose"}  # added after the ablation began
 BASELINE_FILE = "baseline.yaml"  # the params the ablation started from
 PROFILE = ("train.epochs=30",)  # over params.yaml; k and the test set stay the defaults
 SEEDS = 3
@@ -273,7 +275,13 @@ def nested(overrides: Iterable[str]) -> dict[str, Any]:
 
 
 def digest(params: Params) -> str:
-    """What decides a run's results: every stage's params but the paths and tracking."""
+    """What decides a run's results: every stage's params but the paths and tracking. A key
+    of `LATER_KEYS` at its old behaviour is left out, so earlier runs keep their digest."""
     state = params.model_dump(include={"prepare", "train", "classifier", "evaluate"})
+    for path, old in LATER_KEYS.items():
+        *parents, key = path.split(".")
+        node = reduce(dict.__getitem__, parents, state)
+        if node[key] == old:
+            del node[key]
     state["seed"] = params.base.seed
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
