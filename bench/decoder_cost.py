@@ -87,19 +87,23 @@ def main() -> None:
     artifacts = Artifacts.of(load_params())
     x, _ = load_prepared(artifacts, "train")
     sample = x[: args.images]
-    sample = np.random.default_rng(0).random(sample.shape, dtype=np.float32) < sample
+    sample = (np.random.default_rng(0).random(sample.shape, dtype=np.float32) < sample).astype(
+        "float32"
+    )
     print(f"{'architecture':<34} {'us/sample':>10} {'k=5000 eval, min':>17} {'s/epoch':>8}")
     for name, architecture in CANDIDATES.items():
-        decode_us, epoch_s = measure(architecture, sample.astype("float32"))
+        decode_us, epoch_s = measure(architecture, sample)
         minutes = decode_us * EVAL_SAMPLES / 1e6 / 60
         print(f"{name:<34} {decode_us:10.1f} {minutes:17.1f} {epoch_s:8.1f}", flush=True)
     if args.screen:
         x_val, _ = load_prepared(artifacts, "val")
-        x_val = np.random.default_rng(1).random(x_val.shape, dtype=np.float32) < x_val
+        x_val = (np.random.default_rng(1).random(x_val.shape, dtype=np.float32) < x_val).astype(
+            "float32"
+        )
         marks = sorted({5, 10, args.screen} & set(range(1, args.screen + 1)))
         print(f"\nvalidation -ELBO (nats) after {', '.join(map(str, marks))} epochs")
         for name, architecture in CANDIDATES.items():
-            losses = screen(architecture, args.screen, x, x_val.astype("float32"))
+            losses = screen(architecture, args.screen, x, x_val)
             print(f"{name:<34} " + " ".join(f"{losses[m - 1]:8.2f}" for m in marks), flush=True)
 
 
