@@ -144,18 +144,42 @@ def _row(run, **values) -> dict[str, str]:
     return row
 
 
+def _tuned(design, name, scores):
+    return [
+        _row(ablation.tuning_run(design, name, rate), val_neg_elbo=score)
+        for rate, score in scores.items()
+    ]
+
+
 def test_tuned_rates_take_the_lowest_validation_loss_once_the_grid_is_complete():
     design = Design(committed_params())
-    rows = [
-        _row(ablation.tuning_run(design, "sgd", rate), val_neg_elbo=score)
-        for rate, score in zip(LEARNING_RATES["sgd"], (120.0, 101.5, 130.0), strict=True)
-    ]
+    rows = _tuned(
+        design, "sgd", dict(zip(LEARNING_RATES["sgd"], (120.0, 101.5, 130.0), strict=True))
+    )
     assert ablation.tuned_rates(design, rows) == {"sgd": LEARNING_RATES["sgd"][1]}
     assert ablation.tuned_rates(design, rows[:2]) == {}
-    rows[1] = {**rows[1], "status": "failed: NaN loss", "val_neg_elbo": ""}  # diverged
-    assert ablation.tuned_rates(design, rows) == {"sgd": LEARNING_RATES["sgd"][0]}
+    rows[2] = {**rows[2], "status": "failed: NaN loss", "val_neg_elbo": ""}  # diverged
+    assert ablation.tuned_rates(design, rows) == {"sgd": LEARNING_RATES["sgd"][1]}
     planned = {r.variant for r in plan(design, rows)}
     assert "optimizer-sgd" in planned and "optimizer-rmsprop" not in planned
+
+
+def test_the_grid_grows_past_a_winning_end_until_a_neighbour_is_worse():
+    design = Design(committed_params())
+    rows = _tuned(design, "sgd", {0.003: 110.0, 0.01: 105.0, 0.03: 101.0})
+    assert ablation.learning_rate_grid(design, rows, "sgd") == ([0.003, 0.01, 0.03, 0.1], None)
+    assert "tune-sgd-0.1" in {r.variant for r in plan(design, rows)}
+    grown = rows + _tuned(design, "sgd", {0.1: 104.0})
+    assert ablation.tuned_rates(design, grown) == {"sgd": 0.03}
+    low = _tuned(design, "sgd", {0.003: 90.0, 0.01: 105.0, 0.03: 120.0, 0.001: 80.0, 0.0003: 70.0})
+    assert ablation.learning_rate_grid(design, low, "sgd") == (
+        [0.0003, 0.001, 0.003, 0.01, 0.03],
+        0.0003,
+    )  # GRID_GROWTH half-decades below the start, and no further
+    assert ablation.tuning(design, low)[:2] == [
+        ["adam", 0.0003, None, ""],
+        ["adam", 0.001, None, ""],
+    ] and ["sgd", 0.0003, 70.0, "yes"] in ablation.tuning(design, low)
 
 
 def _fake_results(run, settings) -> dict[str, str]:
@@ -293,7 +317,10 @@ def test_a_failing_run_is_recorded_once_and_left_out_of_the_summary(tmp_path):
 
     def launch(run, settings):
         if run.experiment == "abl-beta-4-s2":
-            raise VaelabError("`dvc exp run` failed:\n...\ntraining diverged: NaN loss")
+            raise VaelabError(  # as DVC reports it: the stage's line, then DVC's own
+                "`dvc exp run` failed:\nEpoch 1/30\nerror: training diverged: NaN loss\n"
+                "ERROR: failed to reproduce 'train': failed to run: ..., exited with 1"
+            )
         results[run.experiment] = _fake_results(run, settings)
 
     def reader(name, path):

@@ -12,7 +12,8 @@ beside the results: params.yaml as it was when the ablation started):
 tagged ``sweep=ablation`` in MLflow. The variants are derived from the baseline: each group
 (binarization, optimizer, KL weight, ...) lists its alternatives to the baseline's setting.
 Adam, RMSprop and SGD each run at their own learning rate, tuned first on a grid at the
-first seed by the best validation -ELBO (the test set is not looked at).
+first seed by the best validation -ELBO (the test set is not looked at); the grid grows past
+an end that wins.
 
 After each run its row is added (a run that fails, e.g. diverges, is recorded as failed with
 its error and not retried) to ``docs/ablation/runs.csv`` and the summary, the table and
@@ -45,6 +46,7 @@ from vaelab.core.paths import ABLATION, Artifacts
 from vaelab.experiments.ablation_design import (
     BASELINE_FILE,
     BASELINE_SEEDS,
+    GRID_GROWTH,
     LEARNING_RATES,
     PROFILE,
     RUN_ORDER,
@@ -122,21 +124,43 @@ def tuning_run(design: Design, name: str, rate: float) -> Run:
     return design.run(f"tune-{name}-{rate:g}", TUNING_SEED, overrides, "train")
 
 
-def tuned_rates(design: Design, rows: list[dict[str, str]]) -> dict[str, float]:
-    """Each optimizer's rate with the lowest validation -ELBO, once its whole grid ran."""
-    out = {}
-    for name, rates in LEARNING_RATES.items():
+def half_decade(rate: float, steps: int) -> float:
+    """``rate`` moved ``steps`` half-decades along 1e-4, 3e-4, 1e-3, 3e-3, ..."""
+    k = round(2 * math.log10(rate)) + steps
+    return float(f"{10 ** (k / 2):.0e}")
+
+
+def learning_rate_grid(
+    design: Design, rows: list[dict[str, str]], name: str
+) -> tuple[list[float], float | None]:
+    """The rates ``name`` is tried at, and the one with the lowest validation -ELBO once all
+    have run (None before). The grid starts at `LEARNING_RATES` and grows half a decade past
+    an end that wins, up to `GRID_GROWTH` rates each way, so the chosen rate has a worse
+    neighbour on both sides; a diverged run counts as infinitely bad."""
+    start = LEARNING_RATES[name]
+    rates = list(start)
+    while True:
         scores = {}
         for rate in rates:
             row = finished(rows, tuning_run(design, name, rate))
             if row is None:
-                break
+                return rates, None
             scores[rate] = float(row["val_neg_elbo"]) if row["status"] == OK else math.inf
+        best = min(rates, key=scores.__getitem__)
+        if not math.isfinite(scores[best]):
+            return rates, None
+        if best == rates[0] and rates.index(start[0]) < GRID_GROWTH:
+            rates.insert(0, half_decade(best, -1))
+        elif best == rates[-1] and len(rates) - 1 - rates.index(start[-1]) < GRID_GROWTH:
+            rates.append(half_decade(best, 1))
         else:
-            best = min(scores, key=scores.__getitem__)
-            if math.isfinite(scores[best]):
-                out[name] = best
-    return out
+            return rates, best
+
+
+def tuned_rates(design: Design, rows: list[dict[str, str]]) -> dict[str, float]:
+    """Each optimizer's chosen rate, once its grid is complete."""
+    chosen = {name: learning_rate_grid(design, rows, name)[1] for name in LEARNING_RATES}
+    return {name: rate for name, rate in chosen.items() if rate is not None}
 
 
 def plan(design: Design, rows: list[dict[str, str]], only: set[str] | None = None) -> list[Run]:
@@ -147,7 +171,11 @@ def plan(design: Design, rows: list[dict[str, str]], only: set[str] | None = Non
     others = sorted(
         (v for v in chosen[1:] if v.group != "optimizer"), key=lambda v: RUN_ORDER.index(v.group)
     )
-    tuning = [tuning_run(design, n, rate) for n, rates in LEARNING_RATES.items() for rate in rates]
+    tuning = [
+        tuning_run(design, name, rate)
+        for name in LEARNING_RATES
+        for rate in learning_rate_grid(design, rows, name)[0]
+    ]
     runs = [design.run("baseline", s, (), "evaluate") for s in design.seeds_of("baseline")]
     for variant in others:
         runs += [design.run(variant.name, s, variant.overrides, "evaluate")
@@ -216,10 +244,12 @@ def experiment_outputs(
     return found
 
 
-def last_line(text: str) -> str:
-    """The last non-empty line of an error's output, as one CSV cell."""
+def failure(text: str) -> str:
+    """Why a run failed, as one CSV cell: the stage's own `error:` line (DVC's last line only
+    says which stage exited), else the last line of the output."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[-1] if lines else "unknown error")[:300]
+    ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (ours or lines or ["unknown error"])[-1][:300]
 
 
 def cpu_name() -> str:
@@ -274,7 +304,7 @@ def execute(
             launch(run, design.settings(run))
             status, outputs = OK, experiment_outputs(run, reader, Artifacts.of(design.base))
         except VaelabError as exc:  # recorded, so that a resumed job does not retry it forever
-            status, outputs = f"failed: {last_line(str(exc))}", {}
+            status, outputs = f"failed: {failure(str(exc))}", {}
             print(f"{run.experiment} {status}", file=sys.stderr)
         row = {
             "status": status,
@@ -327,13 +357,13 @@ def failures(rows: list[dict[str, str]]) -> list[str]:
 
 
 def tuning(design: Design, rows: list[dict[str, str]]) -> list[list[object]]:
-    tuned = tuned_rates(design, rows)
     table = []
-    for name, rates in LEARNING_RATES.items():
+    for name in LEARNING_RATES:
+        rates, chosen = learning_rate_grid(design, rows, name)
         for rate in rates:
             row = finished(rows, tuning_run(design, name, rate))
             score = float(row["val_neg_elbo"]) if row and row["val_neg_elbo"] else None
-            table.append([name, rate, score, "yes" if tuned.get(name) == rate else ""])
+            table.append([name, rate, score, "yes" if chosen == rate else ""])
     return table
 
 

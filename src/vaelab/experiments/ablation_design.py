@@ -39,11 +39,12 @@ RUN_ORDER = (  # groups most likely to change the default first; augmentation is
     "decoder likelihood",
     "augmentation",
 )
-LEARNING_RATES = {  # the tuning grid of each optimizer
+LEARNING_RATES = {  # the starting tuning grid of each optimizer, in half-decades
     "adam": (3e-4, 1e-3, 3e-3),
     "rmsprop": (1e-4, 3e-4, 1e-3),
     "sgd": (3e-3, 1e-2, 3e-2),
 }
+GRID_GROWTH = 2  # half-decades a grid may grow past each end
 AUGMENT_OFF = {"rotation": 0, "shift": 0, "shear": 0, "zoom": 0, "horizontal_flip": False}
 AUGMENT_TUTORIAL = {
     "rotation": 20,
