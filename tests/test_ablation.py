@@ -180,6 +180,10 @@ def test_the_grid_grows_past_a_winning_end_until_a_neighbour_is_worse():
         ["adam", 0.0003, None, ""],
         ["adam", 0.001, None, ""],
     ] and ["sgd", 0.0003, 70.0, "yes"] in ablation.tuning(design, low)
+    low[1] = {**low[1], "status": "failed: training diverged: NaN at batch 15. Lower the rate."}
+    assert ["sgd", 0.01, "failed: training diverged: NaN at batch 15", ""] in ablation.tuning(
+        design, low
+    )
 
 
 def _fake_results(run, settings) -> dict[str, str]:

@@ -347,8 +347,13 @@ def header(design: Design, rows: list[dict[str, str]]) -> list[str]:
     ]
 
 
+def outcome(row: dict[str, str]) -> str:
+    """A failed row's status up to its first sentence's end (runs.csv keeps all of it)."""
+    return row["status"].split(". ")[0].rstrip(".")
+
+
 def failures(rows: list[dict[str, str]]) -> list[str]:
-    failed = [f"`abl-{r['variant']}-s{r['seed']}` {r['status']}" for r in rows if r["status"] != OK]
+    failed = [f"`abl-{r['variant']}-s{r['seed']}` {outcome(r)}" for r in rows if r["status"] != OK]
     return (
         ["", "**Failed runs** (recorded, not retried): " + "; ".join(failed) + "."]
         if failed
@@ -362,7 +367,9 @@ def tuning(design: Design, rows: list[dict[str, str]]) -> list[list[object]]:
         rates, chosen = learning_rate_grid(design, rows, name)
         for rate in rates:
             row = finished(rows, tuning_run(design, name, rate))
-            score = float(row["val_neg_elbo"]) if row and row["val_neg_elbo"] else None
+            score: float | str | None = None
+            if row:
+                score = float(row["val_neg_elbo"]) if row["status"] == OK else outcome(row)
             table.append([name, rate, score, "yes" if chosen == rate else ""])
     return table
 
