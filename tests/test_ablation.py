@@ -348,6 +348,9 @@ def test_rate_distortion_labels_of_crowded_points_do_not_overlap():
     gaps = [b[1] - a[1] for a, b in itertools.pairwise(crowded)]
     assert min(gaps) >= 9 * 0.2 - 1e-9  # one 9-pt line apart at least
     assert spots[3] == pytest.approx((45.0 + 0.4, 55.0 + 0.6))  # alone: next to its point
+    # a label does not sit on another variant's marker just above-right of its own point
+    spots = label_spots([30.0, 30.5], [65.0, 65.8], ["adam", "baseline"], per_point=(0.1, 0.2))
+    assert spots[0][1] >= 65.8 + 5 * 0.2
 
 
 def test_a_key_added_after_the_ablation_began_keeps_finished_runs_digests():

@@ -142,14 +142,17 @@ def label_spots(
     xs: list[float], ys: list[float], labels: list[str], per_point: tuple[float, float]
 ) -> list[tuple[float, float]]:
     """Where each point's label goes (data units): just above-right of its point, moved up
-    past the labels already placed that it would overlap (7-pt text, lowest points first)."""
+    past the labels already placed and the other points' markers that it would cover (7-pt
+    text, lowest points first)."""
     px, py = per_point
     height = 9 * py
+    markers = [(x - 6 * px, y - 4 * py, 12 * px) for x, y in zip(xs, ys, strict=True)]
     placed: list[tuple[float, float, float]] = []  # x, y, width
     spots = [(0.0, 0.0)] * len(xs)
     for i in sorted(range(len(xs)), key=ys.__getitem__):
         x, y, width = xs[i] + 4 * px, ys[i] + 3 * py, (3.8 * len(labels[i]) + 4) * px
-        while any(abs(y - b) < height and x < a + w and a < x + width for a, b, w in placed):
+        others = placed + markers[:i] + markers[i + 1 :]
+        while any(abs(y - b) < height and x < a + w and a < x + width for a, b, w in others):
             y += height
         placed.append((x, y, width))
         spots[i] = (x, y)
