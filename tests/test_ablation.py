@@ -17,10 +17,11 @@ from scipy import stats
 
 from tests.conftest import commit_all, committed_params, run
 from vaelab.core.errors import VaelabError
-from vaelab.core.params import load_params
+from vaelab.core.params import Params, load_params
 from vaelab.experiments import ablation
 from vaelab.experiments.ablation import execute, plan, read_rows
 from vaelab.experiments.ablation_design import (
+    BASELINE_FILE,
     LEARNING_RATES,
     Design,
     digest,
@@ -32,6 +33,11 @@ from vaelab.experiments.ablation_report import label_spots, render
 from vaelab.experiments.effects import Interval, welch
 
 TUNED = {"adam": 3e-3, "rmsprop": 3e-4, "sgd": 1e-2}
+
+
+def ablation_base() -> Params:
+    """What the ablation runs against: its baseline snapshot, not today's params.yaml."""
+    return load_params(ablation.ABLATION / BASELINE_FILE)
 
 
 def test_welch_interval_matches_scipy():
@@ -64,7 +70,7 @@ def test_a_verdict_needs_the_interval_to_exclude_zero(interval, verdict):
     ],
 )
 def test_every_trick_of_the_tutorial_is_a_variant_and_none_is_the_baseline(kl, alternatives):
-    design = Design(committed_params().replace({"train": {"kl": kl}}))
+    design = Design(ablation_base().replace({"train": {"kl": kl}}))
     chosen = variants(design.base, TUNED)
     names = {v.name for v in chosen}
     assert {n for n in names if n.startswith("kl-")} == alternatives
@@ -91,7 +97,7 @@ def test_every_trick_of_the_tutorial_is_a_variant_and_none_is_the_baseline(kl, a
 
 
 def test_variants_are_the_alternatives_to_the_baselines_setting():
-    base = committed_params().replace(
+    base = ablation_base().replace(
         {
             "prepare": {"binarize": "static"},
             "train": {
@@ -112,7 +118,7 @@ def test_variants_are_the_alternatives_to_the_baselines_setting():
 
 
 def test_tuning_at_the_baselines_rate_is_the_baseline_run():
-    design = Design(committed_params())
+    design = Design(ablation_base())
     rate = design.base.train.optimizer.learning_rate
     assert (
         ablation.tuning_run(design, "adam", rate).digest
@@ -152,7 +158,7 @@ def _tuned(design, name, scores):
 
 
 def test_tuned_rates_take_the_lowest_validation_loss_once_the_grid_is_complete():
-    design = Design(committed_params())
+    design = Design(ablation_base())
     rows = _tuned(
         design, "sgd", dict(zip(LEARNING_RATES["sgd"], (120.0, 101.5, 130.0), strict=True))
     )
@@ -165,7 +171,7 @@ def test_tuned_rates_take_the_lowest_validation_loss_once_the_grid_is_complete()
 
 
 def test_the_grid_grows_past_a_winning_end_until_a_neighbour_is_worse():
-    design = Design(committed_params())
+    design = Design(ablation_base())
     rows = _tuned(design, "sgd", {0.003: 110.0, 0.01: 105.0, 0.03: 101.0})
     assert ablation.learning_rate_grid(design, rows, "sgd") == ([0.003, 0.01, 0.03, 0.1], None)
     assert "tune-sgd-0.1" in {r.variant for r in plan(design, rows)}
@@ -198,7 +204,7 @@ def _fake_results(run, settings) -> dict[str, str]:
 
 
 def test_a_stopped_ablation_resumes_from_the_csv_and_reports_what_it_has(tmp_path):
-    design = Design(committed_params(), ("train.epochs=30",), seeds=2, baseline_seeds=3)
+    design = Design(ablation_base(), ("train.epochs=30",), seeds=2, baseline_seeds=3)
     runs = plan(design, [], {"baseline", "beta-2"})
     assert [r.experiment for r in runs] == [
         "abl-baseline-s1", "abl-baseline-s2", "abl-baseline-s3", "abl-beta-2-s1", "abl-beta-2-s2",
@@ -315,7 +321,7 @@ def test_runs_keep_the_snapshot_baseline_when_params_yaml_changes_later(tmp_path
 
 
 def test_a_failing_run_is_recorded_once_and_left_out_of_the_summary(tmp_path):
-    design = Design(committed_params(), seeds=2, baseline_seeds=2)
+    design = Design(ablation_base(), seeds=2, baseline_seeds=2)
     runs = plan(design, [], {"baseline", "beta-4"})
     results = {}
 
@@ -357,7 +363,7 @@ def test_a_key_added_after_the_ablation_began_keeps_finished_runs_digests():
     """`train.architecture.upsample` came after the committed baseline runs: at its old
     behaviour it is left out of the digest, so a resumed ablation still finds them."""
     rows = read_rows(ablation.ABLATION / "runs.csv")
-    design = Design(load_params(ablation.ABLATION / "baseline.yaml"))
+    design = Design(ablation_base())
     runs = [design.run("baseline", s, (), "evaluate") for s in design.seeds_of("baseline")]
     assert {r.digest for r in runs} <= {row["digest"] for row in rows}
     shuffled = design.base.replace({"train": {"architecture": {"upsample": "pixel_shuffle"}}})
