@@ -320,13 +320,13 @@ def test_runs_keep_the_snapshot_baseline_when_params_yaml_changes_later(tmp_path
     assert "train.architecture.hidden=[512, 512]" in settings and "train.epochs=30" in settings
 
 
-def test_a_failing_run_is_recorded_once_and_left_out_of_the_summary(tmp_path):
+def test_a_failing_run_is_recorded_once_and_counted_apart_in_the_summary(tmp_path):
     design = Design(ablation_base(), seeds=2, baseline_seeds=2)
-    runs = plan(design, [], {"baseline", "beta-4"})
+    runs = plan(design, [], {"baseline", "beta-4", "normalize-inputs-false"})
     results = {}
 
     def launch(run, settings):
-        if run.experiment == "abl-beta-4-s2":
+        if run.experiment == "abl-beta-4-s2" or run.variant == "normalize-inputs-false":
             raise VaelabError(  # as DVC reports it: the stage's line, then DVC's own
                 "`dvc exp run` failed:\nEpoch 1/30\nerror: training diverged: NaN loss\n"
                 "ERROR: failed to reproduce 'train': failed to run: ..., exited with 1"
@@ -337,13 +337,23 @@ def test_a_failing_run_is_recorded_once_and_left_out_of_the_summary(tmp_path):
         return results[name][path]
 
     csv_path = tmp_path / "runs.csv"
-    assert execute(design, runs, csv_path, launch, reader, lambda rows: None) == 4
+    assert execute(design, runs, csv_path, launch, reader, lambda rows: None) == 6
     assert execute(design, runs, csv_path, launch, reader, lambda rows: None) == 0  # no retry
     rows = read_rows(csv_path)
     assert rows[-1]["status"] == "failed: training diverged: NaN loss"
-    beta = next(s for s in ablation.summaries(design, rows) if s.name == "beta-4")
-    assert beta.n == 1 and beta.verdict == "too few seeds yet"
+    found = {s.name: s for s in ablation.summaries(design, rows)}
+    beta, raw = found["beta-4"], found["normalize-inputs-false"]
+    assert (beta.n, beta.failed, beta.verdict) == (1, 1, "too few seeds yet")
+    assert (raw.n, raw.failed, raw.verdict, raw.interval) == (0, 2, "fails to train", None)
     assert "abl-beta-4-s2` failed: training diverged" in " ".join(ablation.header(design, rows))
+    render(tmp_path, list(found.values()), [], [])
+    text = (tmp_path / "ablation.md").read_text()
+    assert "| raw 0-255 inputs | 0 (+2 failed) |" in text and "| 1 (+1 failed) |" in text
+    assert "- **fails to train**: input normalization: raw 0-255 inputs." in text
+    assert (
+        "normalize-inputs-false,input normalization,raw 0-255 inputs,0,2,"
+        in (tmp_path / "summary.csv").read_text()
+    )
 
 
 def test_rate_distortion_labels_of_crowded_points_do_not_overlap():

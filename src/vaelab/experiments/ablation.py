@@ -198,28 +198,37 @@ def plan(design: Design, rows: list[dict[str, str]], only: set[str] | None = Non
 
 
 def summaries(design: Design, rows: list[dict[str, str]]) -> list[Summary]:
-    """Each variant with at least one finished seed, rows matched by digest (a row of an
-    earlier definition of the variant, e.g. another tuned rate, is not counted)."""
-    by_digest = {r["digest"]: r for r in rows if r["target"] == "evaluate" and r["status"] == OK}
+    """Each variant with at least one finished or failed seed, rows matched by digest (a row
+    of an earlier definition of the variant, e.g. another tuned rate, is not counted)."""
+    evaluated = [r for r in rows if r["target"] == "evaluate"]
+    by_digest = {r["digest"]: r for r in evaluated if r["status"] == OK}
+    failed = {r["digest"] for r in evaluated if r["status"] != OK}
+
+    def runs_of(variant: Variant) -> list[Run]:
+        seeds = design.seeds_of(variant.name)
+        return [design.run(variant.name, s, variant.overrides, "evaluate") for s in seeds]
 
     def rows_of(variant: Variant) -> list[dict[str, str]]:
-        seeds = design.seeds_of(variant.name)
-        runs = [design.run(variant.name, s, variant.overrides, "evaluate") for s in seeds]
-        return [by_digest[r.digest] for r in runs if r.digest in by_digest]
+        return [by_digest[r.digest] for r in runs_of(variant) if r.digest in by_digest]
 
     chosen = variants(design.base, tuned_rates(design, rows))
     baseline = rows_of(chosen[0])
-    evaluated = (name for name, stage, _ in METRICS if stage == "evaluate")
-    columns = (*evaluated, "train_seconds", "best_epoch")
+    columns = (
+        *(name for name, stage, _ in METRICS if stage == "evaluate"),
+        "train_seconds",
+        "best_epoch",
+    )
     found = []
     for variant in chosen:
         mine = rows_of(variant)
-        if mine:
+        lost = sum(r.digest in failed for r in runs_of(variant))
+        if mine or lost:
             found.append(
                 summarize(
                     mine,
                     baseline,
                     columns,
+                    failed=lost,
                     name=variant.name,
                     group=variant.group,
                     label=variant.label,

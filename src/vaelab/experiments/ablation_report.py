@@ -44,7 +44,7 @@ def _effect(summary: Summary) -> str:
 def in_words(summaries: list[Summary]) -> list[str]:
     """One sentence per verdict: which tricks help, hurt, or make no measurable difference."""
     lines = []
-    for verdict in ("helps", "hurts", "no measurable difference"):
+    for verdict in ("helps", "hurts", "no measurable difference", "fails to train"):
         chosen = [f"{s.group}: {s.label}" for s in summaries if s.verdict == verdict]
         if chosen:
             lines.append(f"- **{verdict}**: " + "; ".join(chosen) + ".")
@@ -73,7 +73,7 @@ def table(summaries: list[Summary]) -> str:
         [
             s.group,
             s.label,
-            s.n,
+            f"{s.n} (+{s.failed} failed)" if s.failed else s.n,
             _pm(s, "test_nll"),
             _effect(s),
             s.verdict,
@@ -94,13 +94,14 @@ def summary_csv(summaries: list[Summary]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
-        ["variant", "group", "label", "seeds", "metric", "difference", "low", "high", "verdict"]
+        ["variant", "group", "label", "seeds", "failed", "metric"]
+        + ["difference", "low", "high", "verdict"]
         + [f"{c}_{stat}" for c in columns for stat in ("mean", "sd")]
     )
     for s in summaries:
         i = s.interval
         writer.writerow(
-            [s.name, s.group, s.label, s.n, s.metric]
+            [s.name, s.group, s.label, s.n, s.failed, s.metric]
             + ([f"{i.difference:.6g}", f"{i.low:.6g}", f"{i.high:.6g}"] if i else ["", "", ""])
             + [s.verdict]
             + [

@@ -63,11 +63,14 @@ class Summary:
     means: dict[str, float]
     sds: dict[str, float]
     interval: Interval | None
+    failed: int = 0  # seeds whose run failed (e.g. diverged); not in n
 
     @property
     def verdict(self) -> str:
         if self.name == "baseline":
             return "baseline"
+        if self.n == 0 and self.failed:
+            return "fails to train"
         return self.interval.verdict if self.interval else "too few seeds yet"
 
 
@@ -75,9 +78,10 @@ def summarize(
     variant_rows: list[dict[str, str]],
     baseline_rows: list[dict[str, str]],
     columns: tuple[str, ...],
+    failed: int = 0,
     **about: str,
 ) -> Summary:
-    """``about``: name, group, label and metric of the variant."""
+    """``about``: name, group, label and metric of the variant; ``failed``: its failed seeds."""
     means, sds = {}, {}
     for column in columns:
         values = [float(row[column]) for row in variant_rows if row.get(column)]
@@ -90,4 +94,6 @@ def summarize(
             [float(row[metric]) for row in variant_rows],
             [float(row[metric]) for row in baseline_rows],
         )
-    return Summary(n=len(variant_rows), means=means, sds=sds, interval=interval, **about)
+    return Summary(
+        n=len(variant_rows), means=means, sds=sds, interval=interval, failed=failed, **about
+    )
