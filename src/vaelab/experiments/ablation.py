@@ -208,11 +208,11 @@ def summaries(design: Design, rows: list[dict[str, str]]) -> list[Summary]:
         seeds = design.seeds_of(variant.name)
         return [design.run(variant.name, s, variant.overrides, "evaluate") for s in seeds]
 
-    def rows_of(variant: Variant) -> list[dict[str, str]]:
-        return [by_digest[r.digest] for r in runs_of(variant) if r.digest in by_digest]
+    def rows_of(runs: list[Run]) -> list[dict[str, str]]:
+        return [by_digest[r.digest] for r in runs if r.digest in by_digest]
 
     chosen = variants(design.base, tuned_rates(design, rows))
-    baseline = rows_of(chosen[0])
+    baseline = rows_of(runs_of(chosen[0]))
     columns = (
         *(name for name, stage, _ in METRICS if stage == "evaluate"),
         "train_seconds",
@@ -220,8 +220,9 @@ def summaries(design: Design, rows: list[dict[str, str]]) -> list[Summary]:
     )
     found = []
     for variant in chosen:
-        mine = rows_of(variant)
-        lost = sum(r.digest in failed for r in runs_of(variant))
+        runs = runs_of(variant)
+        mine = rows_of(runs)
+        lost = sum(r.digest in failed for r in runs)
         if mine or lost:
             found.append(
                 summarize(
