@@ -356,6 +356,34 @@ def test_a_failing_run_is_recorded_once_and_counted_apart_in_the_summary(tmp_pat
     )
 
 
+def test_a_variant_whose_runs_repeat_anothers_is_flagged_as_never_acting(tmp_path):
+    design = Design(ablation_base(), seeds=2, baseline_seeds=3)
+    runs = plan(design, [], {"baseline", "early-stopping-false", "beta-2"})
+    results = {}
+
+    def launch(run, settings):  # the made-up results ignore early stopping, as a no-op would
+        results[run.experiment] = _fake_results(run, settings)
+
+    csv_path = tmp_path / "runs.csv"
+    execute(design, runs, csv_path, launch, lambda n, p: results[n][p], lambda rows: None)
+    rows = read_rows(csv_path)
+    found = {s.name: s for s in ablation.summaries(design, rows)}
+    assert found["early-stopping-false"].same_as == "baseline: baseline.yaml as it is"
+    assert found["beta-2"].same_as == found["baseline"].same_as == ""
+    render(tmp_path, list(found.values()), [], [])
+    text = (tmp_path / "ablation.md").read_text()
+    assert "the switch changed nothing): early stopping: early stopping off (all epochs) = " in text
+    assert "no measurable difference (same runs as baseline: baseline.yaml as it is)" in text
+
+    one_differs = [
+        {**row, "rate": "25.01"} if (row["variant"], row["seed"]) == ("early-stopping-false", "2")
+        else row
+        for row in rows
+    ]  # fmt: skip
+    found = {s.name: s for s in ablation.summaries(design, one_differs)}
+    assert found["early-stopping-false"].same_as == ""
+
+
 def test_rate_distortion_labels_of_crowded_points_do_not_overlap():
     xs, ys = [30.0, 30.1, 29.9, 45.0], [65.0, 65.1, 64.9, 55.0]
     labels = ["baseline", "batch norm", "cyclical", "beta = 0.5"]

@@ -59,7 +59,7 @@ from vaelab.experiments.ablation_design import (
     snapshot,
     variants,
 )
-from vaelab.experiments.effects import Summary, summarize
+from vaelab.experiments.effects import Summary, same_runs, summarize
 
 OK = "finished"
 METRICS = (  # read from the experiment's results: (column, stage, key)
@@ -76,6 +76,7 @@ METRICS = (  # read from the experiment's results: (column, stage, key)
     ("train_seconds", "train", "train_seconds"),
     ("evaluate_seconds", "evaluate", "seconds"),
 )
+FINGERPRINT = tuple(name for name, _, _ in METRICS if not name.endswith("_seconds"))
 COLUMNS = (
     "status",
     "variant",
@@ -199,7 +200,8 @@ def plan(design: Design, rows: list[dict[str, str]], only: set[str] | None = Non
 
 def summaries(design: Design, rows: list[dict[str, str]]) -> list[Summary]:
     """Each variant with at least one finished or failed seed, rows matched by digest (a row
-    of an earlier definition of the variant, e.g. another tuned rate, is not counted)."""
+    of an earlier definition of the variant, e.g. another tuned rate, is not counted), and
+    the earlier variant whose runs it repeats number for number, if any."""
     evaluated = [r for r in rows if r["target"] == "evaluate"]
     by_digest = {r["digest"]: r for r in evaluated if r["status"] == OK}
     failed = {r["digest"] for r in evaluated if r["status"] != OK}
@@ -218,11 +220,13 @@ def summaries(design: Design, rows: list[dict[str, str]]) -> list[Summary]:
         "train_seconds",
         "best_epoch",
     )
-    found = []
+    found, seen = [], []
     for variant in chosen:
         runs = runs_of(variant)
         mine = rows_of(runs)
         lost = sum(r.digest in failed for r in runs)
+        twin = next((name for name, theirs in seen if same_runs(mine, theirs, FINGERPRINT)), "")
+        seen.append((f"{variant.group}: {variant.label}", mine))
         if mine or lost:
             found.append(
                 summarize(
@@ -234,6 +238,7 @@ def summaries(design: Design, rows: list[dict[str, str]]) -> list[Summary]:
                     group=variant.group,
                     label=variant.label,
                     metric=variant.metric,
+                    same_as=twin,
                 )
             )
     return found

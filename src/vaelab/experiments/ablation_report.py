@@ -48,6 +48,12 @@ def in_words(summaries: list[Summary]) -> list[str]:
         chosen = [f"{s.group}: {s.label}" for s in summaries if s.verdict == verdict]
         if chosen:
             lines.append(f"- **{verdict}**: " + "; ".join(chosen) + ".")
+    idle = [f"{s.group}: {s.label} = {s.same_as}" for s in summaries if s.same_as]
+    if idle:
+        lines.append(
+            "- **never acted** at this profile (every seed's numbers equal another variant's, "
+            "so the switch changed nothing): " + "; ".join(idle) + "."
+        )
     waiting = [f"{s.group}: {s.label}" for s in summaries if s.verdict == "too few seeds yet"]
     if waiting:
         lines.append("- **not judged yet** (fewer than 2 seeds): " + "; ".join(waiting) + ".")
@@ -76,7 +82,7 @@ def table(summaries: list[Summary]) -> str:
             f"{s.n} (+{s.failed} failed)" if s.failed else s.n,
             _pm(s, "test_nll"),
             _effect(s),
-            s.verdict,
+            f"{s.verdict} (same runs as {s.same_as})" if s.same_as else s.verdict,
             _pm(s, "test_neg_elbo"),
             _pm(s, "rate"),
             _pm(s, "distortion"),
@@ -95,7 +101,7 @@ def summary_csv(summaries: list[Summary]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
         ["variant", "group", "label", "seeds", "failed", "metric"]
-        + ["difference", "low", "high", "verdict"]
+        + ["difference", "low", "high", "verdict", "same_as"]
         + [f"{c}_{stat}" for c in columns for stat in ("mean", "sd")]
     )
     for s in summaries:
@@ -103,7 +109,7 @@ def summary_csv(summaries: list[Summary]) -> str:
         writer.writerow(
             [s.name, s.group, s.label, s.n, s.failed, s.metric]
             + ([f"{i.difference:.6g}", f"{i.low:.6g}", f"{i.high:.6g}"] if i else ["", "", ""])
-            + [s.verdict]
+            + [s.verdict, s.same_as]
             + [
                 f"{getattr(s, stat)[c]:.6g}" if c in s.means else ""
                 for c in columns

@@ -64,6 +64,7 @@ class Summary:
     sds: dict[str, float]
     interval: Interval | None
     failed: int = 0  # seeds whose run failed (e.g. diverged); not in n
+    same_as: str = ""  # the variant whose runs this one's equal, seed for seed
 
     @property
     def verdict(self) -> str:
@@ -74,6 +75,17 @@ class Summary:
         return self.interval.verdict if self.interval else "too few seeds yet"
 
 
+def same_runs(
+    variant_rows: list[dict[str, str]], other_rows: list[dict[str, str]], columns: tuple[str, ...]
+) -> bool:
+    """Whether at least two runs of a variant each equal, in every one of ``columns``, the
+    other's run at the same seed: its switch never acted."""
+    theirs = {row["seed"]: [row[c] for c in columns] for row in other_rows}
+    return len(variant_rows) >= 2 and all(
+        theirs.get(row["seed"]) == [row[c] for c in columns] for row in variant_rows
+    )
+
+
 def summarize(
     variant_rows: list[dict[str, str]],
     baseline_rows: list[dict[str, str]],
@@ -81,7 +93,8 @@ def summarize(
     failed: int = 0,
     **about: str,
 ) -> Summary:
-    """``about``: name, group, label and metric of the variant; ``failed``: its failed seeds."""
+    """``about``: name, group, label, metric and same_as of the variant; ``failed``: its failed
+    seeds."""
     means, sds = {}, {}
     for column in columns:
         values = [float(row[column]) for row in variant_rows if row.get(column)]
