@@ -29,7 +29,7 @@ from vaelab.experiments.ablation_design import (
     snapshot,
     variants,
 )
-from vaelab.experiments.ablation_report import label_spots, render
+from vaelab.experiments.ablation_report import label_spots, near_baseline, render
 from vaelab.experiments.effects import Interval, welch
 
 TUNED = {"adam": 3e-3, "rmsprop": 3e-4, "sgd": 1e-2}
@@ -395,6 +395,12 @@ def test_rate_distortion_labels_of_crowded_points_do_not_overlap():
     # a label does not sit on another variant's marker just above-right of its own point
     spots = label_spots([30.0, 30.5], [65.0, 65.8], ["adam", "baseline"], per_point=(0.1, 0.2))
     assert spots[0][1] >= 65.8 + 5 * 0.2
+
+
+def test_the_zoomed_panel_holds_the_variants_near_the_baseline():
+    rates, distortions = np.array([30.0, 37.9, 45.0, 22.0]), np.array([65.0, 57.5, 55.0, 65.0])
+    assert near_baseline(rates, distortions, 0).tolist() == [True, True, False, True]
+    assert near_baseline(rates, distortions, 2).tolist() == [False, True, True, False]
 
 
 def test_a_key_added_after_the_ablation_began_keeps_finished_runs_digests():

@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from vaelab.core.atomic import write_text
 from vaelab.experiments.compare import markdown
@@ -24,6 +25,7 @@ VERDICT_COLOURS = {"helps": "tab:green", "hurts": "tab:red"}
 METRIC_NAMES = {"test_nll": "test NLL", "recon_mse_grayscale": "reconstruction MSE"}
 FOREST = "forest.png"
 RATE_DISTORTION = "rate_distortion.png"
+ZOOM_NATS = 8.0  # the zoomed panel: variants this close to the baseline in rate and distortion
 
 
 def _pm(summary: Summary, column: str, digits: int = 2) -> str:
@@ -166,22 +168,30 @@ def label_spots(
     return spots
 
 
-def rate_distortion(summaries: list[Summary]) -> plt.Figure:
-    """Mean rate and distortion per variant (± sd), with lines of equal -ELBO."""
-    points = [
-        s for s in summaries if s.metric == "test_nll" and {"rate", "distortion"} <= set(s.means)
-    ]
-    fig, ax = plt.subplots(figsize=(9, 7))
-    rates = np.array([s.means["rate"] for s in points])
-    distortions = np.array([s.means["distortion"] for s in points])
-    if len(points):
-        totals = rates + distortions
-        span = np.linspace(rates.min() - 2, rates.max() + 2, 2)
-        for total in np.unique(np.round(np.linspace(totals.min(), totals.max() + 1, 6))):
-            ax.plot(span, total - span, color="lightgray", linewidth=1, zorder=0)
-            ax.annotate(
-                f"-ELBO {total:.0f}", (span[-1], total - span[-1]), fontsize=7, color="gray"
-            )
+def near_baseline(rates: np.ndarray, distortions: np.ndarray, baseline: int) -> np.ndarray:
+    """The points within ZOOM_NATS of the baseline in both rate and distortion."""
+    return (np.abs(rates - rates[baseline]) <= ZOOM_NATS) & (
+        np.abs(distortions - distortions[baseline]) <= ZOOM_NATS
+    )
+
+
+def iso_elbo(ax: plt.Axes) -> None:
+    """Grey lines of equal rate + distortion across ``ax`` as its limits stand, each named
+    where it leaves the plot at the lower right."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    ax.set_autoscale_on(False)
+    for total in MaxNLocator(6).tick_values(x0 + y0, x1 + y1)[1:-1]:
+        ax.plot([x0, x1], [total - x0, total - x1], color="lightgray", linewidth=1, zorder=0)
+        x = min(x1, total - y0)
+        ax.annotate(
+            f"-ELBO {total:g}", (x, total - x), fontsize=7, color="gray", ha="right", va="bottom"
+        )
+
+
+def _plane(
+    ax: plt.Axes, points: list[Summary], rates: np.ndarray, distortions: np.ndarray, shown: list
+) -> None:
+    """Each variant's mean (± sd) on ``ax``, lines of equal -ELBO, and labels on ``shown``."""
     for s, x, y in zip(points, rates, distortions, strict=True):
         baseline = s.name == "baseline"
         colour = "black" if baseline else VERDICT_COLOURS.get(s.verdict, "tab:blue")
@@ -196,19 +206,54 @@ def rate_distortion(summaries: list[Summary]) -> plt.Figure:
             elinewidth=0.8,
             alpha=0.8,
         )
+    iso_elbo(ax)
+    fig = ax.figure
     per_point = (  # data units per typographic point, along x and y
         np.ptp(ax.get_xlim()) / (ax.bbox.width * 72 / fig.dpi),
         np.ptp(ax.get_ylim()) / (ax.bbox.height * 72 / fig.dpi),
     )
-    labels = [s.label for s in points]
-    spots = label_spots(list(rates), list(distortions), labels, per_point)
+    labels = [points[i].label for i in shown]
+    xs, ys = list(rates[shown]), list(distortions[shown])
+    spots = label_spots(xs, ys, labels, per_point)
     leader = {"arrowstyle": "-", "color": "gray", "linewidth": 0.5}  # shows once a label moved
-    for label, x, y, spot in zip(labels, rates, distortions, spots, strict=True):
+    for label, x, y, spot in zip(labels, xs, ys, spots, strict=True):
         ax.annotate(label, (x, y), xytext=spot, fontsize=7, arrowprops=leader)
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats (test set, mean over seeds)")
     ax.set_ylabel("distortion: -log p(x|z), nats")
-    ax.set_title("Rate-distortion of every variant; grey lines: equal -ELBO (rate + distortion)")
     ax.grid(alpha=0.2)
+
+
+def rate_distortion(summaries: list[Summary]) -> plt.Figure:
+    """Mean rate and distortion per variant (± sd), with lines of equal -ELBO: the whole plane
+    (labels on the variants far from the baseline) and, beside it, the crowd within
+    ZOOM_NATS of the baseline, every one labelled."""
+    points = [
+        s for s in summaries if s.metric == "test_nll" and {"rate", "distortion"} <= set(s.means)
+    ]
+    fig, (whole, zoom) = plt.subplots(1, 2, figsize=(15, 7.5))
+    fig.suptitle("Rate-distortion of every variant; grey lines: equal -ELBO (rate + distortion)")
+    rates = np.array([s.means["rate"] for s in points])
+    distortions = np.array([s.means["distortion"] for s in points])
+    names = [s.name for s in points]
+    if "baseline" not in names:
+        zoom.set_axis_off()
+        if points:
+            _plane(whole, points, rates, distortions, list(range(len(points))))
+        return fig
+    near = near_baseline(rates, distortions, names.index("baseline"))
+    _plane(whole, points, rates, distortions, list(np.flatnonzero(~near)))
+    box = (rates[near].min() - 1, rates[near].max() + 1)
+    low, high = distortions[near].min() - 1, distortions[near].max() + 1
+    zoom.set_xlim(box[0], box[1] + 0.6 * (box[1] - box[0]))  # room for the labels, right
+    zoom.set_ylim(low, high + 0.4 * (high - low))  # and above
+    _plane(zoom, points, rates, distortions, list(np.flatnonzero(near)))
+    whole.add_patch(
+        plt.Rectangle(
+            (box[0], low), box[1] - box[0], high - low, fill=False, linestyle="--", color="gray"
+        )
+    )
+    whole.set_title("all variants (dashed: the zoom on the right)", fontsize=10)
+    zoom.set_title(f"within {ZOOM_NATS:g} nats of the baseline (star)", fontsize=10)
     return fig
 
 
