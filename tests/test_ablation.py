@@ -78,8 +78,8 @@ def test_every_trick_of_the_tutorial_is_a_variant_and_none_is_the_baseline(kl, a
         "normalize-inputs-false", "binarize-none", "binarize-static", "augment-rotation",
         "augment-shift", "augment-shear", "augment-zoom", "augment-flip", "augment-recipe",
         "optimizer-adam", "optimizer-rmsprop", "optimizer-sgd", "lr-constant",
-        "lr-exponential", "lr-plateau", "beta-0.5", "beta-2", "beta-4", "batch-norm-true",
-        "early-stopping-false", "likelihood-gaussian",
+        "lr-exponential", "lr-plateau", "lr-plateau-1", "beta-0.5", "beta-2", "beta-4",
+        "batch-norm-true", "early-stopping-false", "likelihood-gaussian",
     } <= names  # fmt: skip
     assert len(names) == len(chosen)
     digests = [digest(design.effective(1, v.overrides)) for v in chosen]
@@ -113,8 +113,13 @@ def test_variants_are_the_alternatives_to_the_baselines_setting():
     assert {"binarize-static", "batch-norm-true", "kl-cyclical", "beta-2", "lr-plateau"}.isdisjoint(
         names
     )
-    cosine = next(v for v in variants(base, {}) if v.name == "lr-cosine")
-    assert Design(base).effective(1, cosine.overrides).train.reduce_on_plateau.enabled is False
+    chosen = {v.name: v for v in variants(base, {})}
+    cosine = Design(base).effective(1, chosen["lr-cosine"].overrides)
+    assert cosine.train.reduce_on_plateau.enabled is False
+    quick = Design(base).effective(1, chosen["lr-plateau-1"].overrides).train.reduce_on_plateau
+    assert quick.enabled and quick.patience == 1 and base.train.reduce_on_plateau.patience == 3
+    patient = base.replace({"train": {"reduce_on_plateau": {"patience": 1}}})
+    assert "lr-plateau-1" not in {v.name for v in variants(patient, {})}  # it is the baseline
 
 
 def test_tuning_at_the_baselines_rate_is_the_baseline_run():

@@ -124,6 +124,16 @@ def snapshot(out: Path, current: Params) -> Params:
     return load_params(path)
 
 
+def _plateau(patience: int) -> tuple[str, ...]:
+    """A constant rate, halved (``reduce_on_plateau``) after ``patience`` epochs without a
+    better validation loss."""
+    return (
+        "train.lr_schedule.name=constant",
+        "train.reduce_on_plateau.enabled=true",
+        f"train.reduce_on_plateau.patience={patience}",
+    )
+
+
 def _flag(value: bool) -> str:
     return str(value).lower()
 
@@ -187,21 +197,28 @@ def variants(base: Params, tuned: dict[str, float]) -> list[Variant]:
         for name, rate in tuned.items()
         if (name, rate) != (t.optimizer.name, t.optimizer.learning_rate)
     ]
+    patience = t.reduce_on_plateau.patience
     decay = {
         "constant": ("no decay", ("train.lr_schedule.name=constant",)),
         "exponential": ("exponential decay", ("train.lr_schedule.name=exponential",)),
         "cosine": ("cosine decay", ("train.lr_schedule.name=cosine",)),
-        "plateau": (
-            "halved on a plateau",
-            ("train.lr_schedule.name=constant", "train.reduce_on_plateau.enabled=true"),
-        ),
+        "plateau": (f"halved on a plateau (patience {patience})", _plateau(patience)),
+        # patience 3 may never fire in a short profile; 1 halves after any epoch that is not
+        # an improvement
+        "plateau-1": ("halved after any epoch without improvement", _plateau(1)),
     }
     current = "plateau" if t.reduce_on_plateau.enabled else t.lr_schedule.name
+    same = {current} | ({"plateau-1"} if current == "plateau" and patience == 1 else set())
     off = () if current != "plateau" else ("train.reduce_on_plateau.enabled=false",)
     found += [
-        Variant(f"lr-{name}", "learning-rate decay", label, (*off, *overrides))
+        Variant(
+            f"lr-{name}",
+            "learning-rate decay",
+            label,
+            overrides if name.startswith("plateau") else (*off, *overrides),
+        )
         for name, (label, overrides) in decay.items()
-        if name != current
+        if name not in same
     ]
     weights = {
         "constant": (
