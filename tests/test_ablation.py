@@ -29,8 +29,8 @@ from vaelab.experiments.ablation_design import (
     snapshot,
     variants,
 )
-from vaelab.experiments.ablation_report import label_spots, near_baseline, render
-from vaelab.experiments.effects import Interval, welch
+from vaelab.experiments.ablation_report import forest, label_spots, near_baseline, render
+from vaelab.experiments.effects import Interval, Summary, welch
 
 TUNED = {"adam": 3e-3, "rmsprop": 3e-4, "sgd": 1e-2}
 
@@ -400,6 +400,18 @@ def test_rate_distortion_labels_of_crowded_points_do_not_overlap():
     # a label does not sit on another variant's marker just above-right of its own point
     spots = label_spots([30.0, 30.5], [65.0, 65.8], ["adam", "baseline"], per_point=(0.1, 0.2))
     assert spots[0][1] >= 65.8 + 5 * 0.2
+
+
+def test_the_forest_plot_turns_logarithmic_only_when_an_effect_is_large():
+    def effect(name, low, high):
+        middle = (low + high) / 2
+        return Summary(name, "g", name, "test_nll", 3, {}, {}, Interval(middle, low, high))
+
+    small = [effect("a", -0.9, -0.3), effect("b", 0.1, 0.8)]
+    assert forest(small).axes[0].get_xscale() == "linear"
+    axes = forest([*small, effect("c", 12.0, 16.0)]).axes[0]
+    assert axes.get_xscale() == "symlog" and "logarithmic beyond" in axes.get_xlabel()
+    assert {-0.5, 0.0, 0.5, 1.0, 10.0} <= set(axes.get_xticks())
 
 
 def test_the_zoomed_panel_holds_the_variants_near_the_baseline():

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from vaelab.core.atomic import write_text
 from vaelab.experiments.compare import markdown
@@ -25,6 +25,7 @@ VERDICT_COLOURS = {"helps": "tab:green", "hurts": "tab:red"}
 METRIC_NAMES = {"test_nll": "test NLL", "recon_mse_grayscale": "reconstruction MSE"}
 FOREST = "forest.png"
 RATE_DISTORTION = "rate_distortion.png"
+LINEAR_NATS = 1.0  # the forest plot turns logarithmic beyond this effect when some are large
 ZOOM_NATS = 8.0  # the zoomed panel: variants this close to the baseline in rate and distortion
 
 
@@ -141,7 +142,18 @@ def forest(summaries: list[Summary]) -> plt.Figure:
     ax.axvline(0.0, color="black", linewidth=1)
     labels = [f"{s.group}: {s.label} (n={s.n})" for s in judged]
     ax.set_yticks(range(len(judged)), labels, fontsize=8)
-    ax.set_xlabel(f"test NLL minus the baseline's, nats ({LEVEL:.0%} Welch interval); < 0 helps")
+    scale = ""
+    if any(max(-s.interval.low, s.interval.high) > 4 * LINEAR_NATS for s in judged):
+        low, high = ax.get_xlim()
+        ax.set_xscale("symlog", linthresh=LINEAR_NATS, linscale=1)  # small effects stay legible
+        ax.set_xlim(low * 1.15, high * 1.15)
+        ticks = [t * sign for t in (0.5, 1, 2, 5, 10, 20, 50, 100) for sign in (-1, 1)]
+        ax.set_xticks(sorted(t for t in [0, *ticks] if low * 1.15 <= t <= high * 1.15))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        scale = f"\nlinear within ±{LINEAR_NATS:g} nat, logarithmic beyond"
+    ax.set_xlabel(
+        f"test NLL minus the baseline's, nats ({LEVEL:.0%} Welch interval); < 0 helps{scale}"
+    )
     ax.set_title("Effect of each trick against the baseline (green helps, red hurts)")
     ax.grid(axis="x", alpha=0.3)
     return fig
