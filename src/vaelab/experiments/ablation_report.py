@@ -258,7 +258,9 @@ def rate_distortion(summaries: list[Summary]) -> plt.Figure:
     low, high = distortions[near].min() - 1, distortions[near].max() + 1
     zoom.set_xlim(box[0], box[1] + 0.6 * (box[1] - box[0]))  # room for the labels, right
     zoom.set_ylim(low, high + 0.4 * (high - low))  # and above
-    _plane(zoom, points, rates, distortions, list(np.flatnonzero(near)))
+    (x0, x1), (y0, y1) = zoom.get_xlim(), zoom.get_ylim()
+    inside = (rates >= x0) & (rates <= x1) & (distortions >= y0) & (distortions <= y1)
+    _plane(zoom, points, rates, distortions, list(np.flatnonzero(inside)))  # labels all it shows
     whole.add_patch(
         plt.Rectangle(
             (box[0], low), box[1] - box[0], high - low, fill=False, linestyle="--", color="gray"
