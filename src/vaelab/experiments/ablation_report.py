@@ -144,11 +144,11 @@ def forest(summaries: list[Summary]) -> plt.Figure:
     ax.set_yticks(range(len(judged)), labels, fontsize=8)
     scale = ""
     if any(max(-s.interval.low, s.interval.high) > 4 * LINEAR_NATS for s in judged):
-        low, high = ax.get_xlim()
+        low, high = (limit * 1.15 for limit in ax.get_xlim())
         ax.set_xscale("symlog", linthresh=LINEAR_NATS, linscale=1)  # small effects stay legible
-        ax.set_xlim(low * 1.15, high * 1.15)
+        ax.set_xlim(low, high)
         ticks = [t * sign for t in (0.5, 1, 2, 5, 10, 20, 50, 100) for sign in (-1, 1)]
-        ax.set_xticks(sorted(t for t in [0, *ticks] if low * 1.15 <= t <= high * 1.15))
+        ax.set_xticks(sorted(t for t in [0, *ticks] if low <= t <= high))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         scale = f"\nlinear within ±{LINEAR_NATS:g} nat, logarithmic beyond"
     ax.set_xlabel(
