@@ -254,17 +254,15 @@ def rate_distortion(summaries: list[Summary]) -> plt.Figure:
         return fig
     near = near_baseline(rates, distortions, names.index("baseline"))
     _plane(whole, points, rates, distortions, list(np.flatnonzero(~near)))
-    box = (rates[near].min() - 1, rates[near].max() + 1)
-    low, high = distortions[near].min() - 1, distortions[near].max() + 1
-    zoom.set_xlim(box[0], box[1] + 0.6 * (box[1] - box[0]))  # room for the labels, right
-    zoom.set_ylim(low, high + 0.4 * (high - low))  # and above
-    (x0, x1), (y0, y1) = zoom.get_xlim(), zoom.get_ylim()
+    x0, x1 = rates[near].min() - 1, rates[near].max() + 1
+    y0, y1 = distortions[near].min() - 1, distortions[near].max() + 1
+    x1, y1 = x1 + 0.6 * (x1 - x0), y1 + 0.4 * (y1 - y0)  # room for the labels, right and above
+    zoom.set_xlim(x0, x1)
+    zoom.set_ylim(y0, y1)
     inside = (rates >= x0) & (rates <= x1) & (distortions >= y0) & (distortions <= y1)
     _plane(zoom, points, rates, distortions, list(np.flatnonzero(inside)))  # labels all it shows
     whole.add_patch(
-        plt.Rectangle(
-            (box[0], low), box[1] - box[0], high - low, fill=False, linestyle="--", color="gray"
-        )
+        plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linestyle="--", color="gray")
     )
     whole.set_title("all variants (dashed: the zoom on the right)", fontsize=10)
     zoom.set_title(f"within {ZOOM_NATS:g} nats of the baseline (star)", fontsize=10)
