@@ -101,7 +101,7 @@ def test_a_resumed_run_from_another_store_is_named(trained_looking, tmp_path, mo
     from vaelab.training.loop import state_dir
 
     params, paths = trained_looking
-    run_file = state_dir(params, read_meta(paths)["md5"]) / "mlflow_run_id"
+    run_file = state_dir(params, read_meta(paths)["md5"]).run_id
     run_file.parent.mkdir(parents=True)
     run_file.write_text("f" * 32)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
@@ -117,7 +117,7 @@ def test_os_errors_get_the_fix_that_fits():
     assert "permissions" in denied and "free disk space" not in denied
 
 
-@pytest.mark.parametrize("command", ["vaelab.experiments.compare", "vaelab.experiments.sweep"])
+@pytest.mark.parametrize("command", ["vaelab.tracking.compare", "vaelab.experiments.sweep"])
 def test_commands_refuse_a_bad_params_file_without_a_traceback(tmp_path, command):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base"]["experiment"] = ""
@@ -129,7 +129,7 @@ def test_commands_refuse_a_bad_params_file_without_a_traceback(tmp_path, command
 
 
 def test_a_quote_in_a_sweep_name_still_finds_its_runs(tmp_path):
-    from vaelab.experiments.compare import collect
+    from vaelab.tracking.compare import collect
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import commit_all, run
-from vaelab.experiments import compare
+from vaelab.tracking import compare
 from vaelab.tracking.runs import KIND_TAG
 
 

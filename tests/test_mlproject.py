@@ -9,7 +9,7 @@ import pytest
 from mlflow.projects import _project_spec
 
 from tests.conftest import ROOT, committed_params
-from vaelab.experiments.ablation_design import nested
+from vaelab.experiments.plan import nested, parse_overrides
 
 HOSTILE = "x'; echo INJECTED; ' $(touch pwned) `id` a b\"c"
 
@@ -54,4 +54,6 @@ def test_every_override_an_entry_point_sets_is_a_valid_param(entry, tmp_path):
         # a sweep's grid (DVC's `-S key=a,b,c`) sets each of its values in turn
         values = value.split(",") if "," in value and not value.startswith("[") else [value]
         for one in values:
-            committed_params().replace(nested([f"{key}={one}"]))  # a bad key raises, named
+            committed_params().replace(
+                nested(parse_overrides([f"{key}={one}"]))
+            )  # a bad key raises, named

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from tests.conftest import ROOT, commit_all, free_port, run
-from vaelab.experiments import compare
+from vaelab.tracking import compare
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 SCRIPT = ROOT / "scripts" / "tracking_server.sh"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vaelab.core.errors import VaelabError
-from vaelab.experiments.registry import ALIAS, promote
+from vaelab.tracking.registry import ALIAS, promote
 
 
 @pytest.fixture

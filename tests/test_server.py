@@ -79,7 +79,7 @@ def test_server_lost_mid_training_then_outbox_sends_everything(tiny_workdir, ser
     params = tiny_workdir(epochs=8)
     Path("params.yaml").write_text(yaml.safe_dump(params.model_dump()))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-    history = state_dir(params, read_meta(Artifacts.of(params))["md5"]) / "history.csv"
+    history = state_dir(params, read_meta(Artifacts.of(params))["md5"]).history
     proc = subprocess.Popen(
         [sys.executable, "-m", "vaelab.stages.train"],
         stdout=subprocess.PIPE,

@@ -58,9 +58,12 @@ def test_sweep_and_parent_tags(tmp_path):
     env = {"DVC_EXP_BASELINE_REV": "0123456789abcdef", "DVC_EXP_NAME": "loyal-kite"}
     tags = run_tags(committed_params(), tmp_path, {"train": "abc"}, env)
     assert tags["sweep"] == "0123456" and tags["dvc_exp_name"] == "loyal-kite"
-    env = {**env, "VAELAB_SWEEP": "beta-grid", "VAELAB_PARENT_RUN_ID": "p1"}
-    tags = run_tags(committed_params(), tmp_path, {}, env)
-    assert tags["sweep"] == "beta-grid" and tags["mlflow.parentRunId"] == "p1"
+    # a sweep's name and parent travel in the experiment's own params, not the environment
+    params = committed_params().replace(
+        {"tracking": {"sweep": "beta-grid", "parent_run": "0123456789abcdef" * 2}}
+    )
+    tags = run_tags(params, tmp_path, {}, {**env, "VAELAB_SWEEP": "leaked"})
+    assert tags["sweep"] == "beta-grid" and tags["mlflow.parentRunId"] == "0123456789abcdef" * 2
 
 
 def test_one_function_connects_to_the_tracking_store():

@@ -215,7 +215,7 @@ def test_nan_loss_stops_with_clear_message_and_failed_run(tiny_workdir):
 def test_resume_after_sigkill_continues_from_saved_epoch(tiny_workdir):
     params = tiny_workdir(epochs=12)
     Path("params.yaml").write_text(yaml.safe_dump(params.model_dump()))
-    history = state_dir(params, _md5(params)) / "history.csv"
+    history = state_dir(params, _md5(params)).history
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "vaelab.stages.train"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -21,5 +21,11 @@ class FetchError(VaelabError):
     """No source could deliver a verified copy of a dataset file."""
 
 
+DIVERGED = "error: training diverged:"  # how the train stage's exit line starts, for a runner
+
+
 class TrainingDiverged(VaelabError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite: an outcome of the settings, not a fault."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{DIVERGED.removeprefix('error: ')} {detail}")

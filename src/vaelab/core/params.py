@@ -222,6 +222,9 @@ class Tracking(Section):
 
     system_metrics: bool = Field(description="CPU and memory use sampled into training runs")
     system_metrics_interval: float = Field(gt=0, le=3600, description="seconds between samples")
+    # Set per experiment by a sweep (`-S`), so that they travel with the experiment itself.
+    sweep: str | None = Field(min_length=1, max_length=250, description="the runs' sweep tag")
+    parent_run: str | None = Field(pattern=r"^[0-9a-f]{32}$", description="MLflow parent run")
 
 
 class Params(Section):

@@ -33,6 +33,33 @@ def project_root(environ: Mapping[str, str] = os.environ, cwd: Path | None = Non
 
 
 @dataclass(frozen=True)
+class TrainingState:
+    """One training's resume state: never a DVC output, since `dvc repro` deletes those."""
+
+    folder: Path
+
+    @property
+    def best(self) -> Path:
+        """The best checkpoint so far."""
+        return self.folder / "best.keras"
+
+    @property
+    def backup(self) -> Path:
+        """Keras' BackupAndRestore folder."""
+        return self.folder / "backup"
+
+    @property
+    def run_id(self) -> Path:
+        """The training's MLflow run id."""
+        return self.folder / "mlflow_run_id"
+
+    @property
+    def history(self) -> Path:
+        """The per-epoch history so far."""
+        return self.folder / "history.csv"
+
+
+@dataclass(frozen=True)
 class Artifacts:
     """Paths relative to the stage's working directory (the project root or DVC's copy)."""
 
@@ -91,9 +118,9 @@ class Artifacts:
     def figures(self) -> Path:
         return self.results / "figures"
 
-    def training_state(self, key: str) -> Path:
+    def training_state(self, key: str) -> TrainingState:
         """Resume state of the training identified by ``key``."""
-        return self.state / f"train-{key}"
+        return TrainingState(self.state / f"train-{key}")
 
     def outbox(self, environ: Mapping[str, str] = os.environ) -> Path:
         """Unsent MLflow deliveries: in the user's repository even from an experiment copy."""

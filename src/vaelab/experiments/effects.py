@@ -1,5 +1,5 @@
-"""Effects of the ablation's variants against the baseline: mean ± standard deviation over
-seeds, and the difference of means with a 95% Welch interval (unequal variances and counts).
+"""Effects of a job's variants against its baseline: mean ± standard deviation over seeds,
+and the difference of means with scipy's 95% Welch interval (unequal variances and counts).
 
 A variant "helps" or "hurts" only where the interval excludes zero; the metrics are all
 lower-is-better (nats, squared error).
@@ -31,24 +31,15 @@ class Interval:
         return "no measurable difference"
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (nan for one value)."""
-    sd = statistics.stdev(values) if len(values) > 1 else math.nan
-    return statistics.fmean(values), sd
-
-
 def welch(variant: list[float], baseline: list[float], level: float = LEVEL) -> Interval | None:
     """Interval for mean(variant) - mean(baseline); None with fewer than 2 values a side."""
     if len(variant) < 2 or len(baseline) < 2:
         return None
-    (m1, s1), (m2, s2) = mean_sd(variant), mean_sd(baseline)
-    v1, v2 = s1**2 / len(variant), s2**2 / len(baseline)
-    difference = m1 - m2
-    if v1 + v2 == 0:
-        return Interval(difference, difference, difference)
-    dof = (v1 + v2) ** 2 / (v1**2 / (len(variant) - 1) + v2**2 / (len(baseline) - 1))
-    half = stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(v1 + v2)
-    return Interval(difference, difference - half, difference + half)
+    difference = statistics.fmean(variant) - statistics.fmean(baseline)
+    if statistics.variance(variant) + statistics.variance(baseline) == 0:
+        return Interval(difference, difference, difference)  # scipy's would be nan
+    found = stats.ttest_ind(variant, baseline, equal_var=False).confidence_interval(level)
+    return Interval(difference, float(found.low), float(found.high))
 
 
 @dataclass(frozen=True)
@@ -63,7 +54,7 @@ class Summary:
     means: dict[str, float]
     sds: dict[str, float]
     interval: Interval | None
-    failed: int = 0  # seeds whose run failed (e.g. diverged); not in n
+    failed: int = 0  # seeds whose run failed (diverged); not in n
     same_as: str = ""  # the variant whose runs this one's equal, seed for seed
 
     @property
@@ -75,38 +66,24 @@ class Summary:
         return self.interval.verdict if self.interval else "too few seeds yet"
 
 
-def same_runs(
-    variant_rows: list[dict[str, str]], other_rows: list[dict[str, str]], columns: tuple[str, ...]
-) -> bool:
+def same_runs(mine: list[dict[str, str]], theirs: list[dict[str, str]], columns: tuple) -> bool:
     """Whether at least two runs of a variant each equal, in every one of ``columns``, the
     other's run at the same seed: its switch never acted."""
-    theirs = {row["seed"]: [row[c] for c in columns] for row in other_rows}
-    return len(variant_rows) >= 2 and all(
-        theirs.get(row["seed"]) == [row[c] for c in columns] for row in variant_rows
-    )
+    other = {row["seed"]: [row[c] for c in columns] for row in theirs}
+    return len(mine) >= 2 and all(other.get(r["seed"]) == [r[c] for c in columns] for r in mine)
 
 
 def summarize(
-    variant_rows: list[dict[str, str]],
-    baseline_rows: list[dict[str, str]],
-    columns: tuple[str, ...],
-    failed: int = 0,
-    **about: str,
+    rows: list[dict[str, str]], baseline: list[dict[str, str]], columns: tuple, **about
 ) -> Summary:
-    """``about``: name, group, label, metric and same_as of the variant; ``failed``: its failed
-    seeds."""
+    """``about``: name, group, label, metric, failed and same_as of the variant."""
     means, sds = {}, {}
     for column in columns:
-        values = [float(row[column]) for row in variant_rows if row.get(column)]
+        values = [float(row[column]) for row in rows if row.get(column)]
         if values:
-            means[column], sds[column] = mean_sd(values)
-    metric = about["metric"]
-    interval = None
+            means[column] = statistics.fmean(values)
+            sds[column] = statistics.stdev(values) if len(values) > 1 else math.nan
+    metric, interval = about["metric"], None
     if about["name"] != "baseline":
-        interval = welch(
-            [float(row[metric]) for row in variant_rows],
-            [float(row[metric]) for row in baseline_rows],
-        )
-    return Summary(
-        n=len(variant_rows), means=means, sds=sds, interval=interval, failed=failed, **about
-    )
+        interval = welch([float(r[metric]) for r in rows], [float(r[metric]) for r in baseline])
+    return Summary(n=len(rows), means=means, sds=sds, interval=interval, **about)

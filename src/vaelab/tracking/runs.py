@@ -20,8 +20,6 @@ from vaelab.tracking.datasets import log_datasets
 from vaelab.tracking.store import connect, ensure_experiment
 
 KIND_TAG = "vaelab.kind"  # marks runs that are not trainings: a sweep's parent, a comparison
-SWEEP_ENV = "VAELAB_SWEEP"
-PARENT_ENV = "VAELAB_PARENT_RUN_ID"  # set by `python -m vaelab.experiments.sweep`: runs nest
 
 
 def tag_filter(key: str, value: str) -> str:
@@ -208,13 +206,13 @@ def run_tags(
         tags["dvc_exp_name"] = environ["DVC_EXP_NAME"]
     if environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc_exp_baseline_rev"] = environ["DVC_EXP_BASELINE_REV"]
-    # Runs of one sweep share a tag the UI can filter on: $VAELAB_SWEEP if given, else the
-    # commit the DVC experiments were queued from.
-    sweep = environ.get(SWEEP_ENV) or environ.get("DVC_EXP_BASELINE_REV", "")[:7]
+    # Runs of one sweep share a tag the UI can filter on: the sweep's name if it set one,
+    # else the commit the DVC experiments were run from.
+    sweep = params.tracking.sweep or environ.get("DVC_EXP_BASELINE_REV", "")[:7]
     if sweep:
         tags["sweep"] = sweep
-    if environ.get(PARENT_ENV):
-        tags["mlflow.parentRunId"] = environ[PARENT_ENV]
+    if params.tracking.parent_run:
+        tags["mlflow.parentRunId"] = params.tracking.parent_run
     return tags
 
 

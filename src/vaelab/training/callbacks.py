@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from vaelab.core.atomic import save_model, write_text
+from vaelab.core.errors import TrainingDiverged
 from vaelab.training.history import history_csv, read_history
 from vaelab.training.optim import current_learning_rate
 
@@ -28,6 +30,24 @@ class EpochExtras(keras.callbacks.Callback):
         logs["beta"] = float(keras.ops.convert_to_numpy(self.model.beta))
         logs["learning_rate"] = current_learning_rate(self.model.optimizer)
         logs["epoch_time"] = time.perf_counter() - self._started
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raises `TrainingDiverged` once the loss is NaN or infinite (checked after each graph
+    call, every ``steps_per_execution`` steps), keeping the best checkpoint at ``best``."""
+
+    def __init__(self, best: Path) -> None:
+        super().__init__()
+        self.best = best
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float(keras.ops.convert_to_numpy((logs or {}).get("loss", 0.0)))
+        if not np.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss {loss} at batch {batch}. The best model so far is kept in {self.best}. "
+                "Lower train.optimizer.learning_rate (or set train.optimizer.clipnorm) and "
+                "re-run."
+            )
 
 
 class EpochHistory(keras.callbacks.Callback):

@@ -12,19 +12,16 @@ import hashlib
 import json
 import math
 import shutil
-from pathlib import Path
 from typing import Any
 
 from vaelab.core.atomic import atomic_write, write_json, write_text
-from vaelab.core.errors import DataFileError, TrainingDiverged
+from vaelab.core.errors import DataFileError
 from vaelab.core.params import Params
-from vaelab.core.paths import Artifacts
+from vaelab.core.paths import Artifacts, TrainingState
 from vaelab.data.prepared import model_data, read_meta
 
-BEST = "best.keras"
 
-
-def state_dir(params: Params, data_md5: dict[str, str]) -> Path:
+def state_dir(params: Params, data_md5: dict[str, str]) -> TrainingState:
     """The resume-state folder of this exact training (params, seed and data)."""
     key = json.dumps(
         {
@@ -60,7 +57,7 @@ def summarize(rows: list[dict[str, float]], monitor: str) -> dict[str, Any]:
     }
 
 
-def build_callbacks(params: Params, state: Path, history, logger) -> list:
+def build_callbacks(params: Params, state: TrainingState, history, logger) -> list:
     """The training callbacks, in the order their epoch-end hooks must run: the history row
     is written before the backup, and MLflow hears of an epoch only once it is backed up."""
     import keras
@@ -70,11 +67,12 @@ def build_callbacks(params: Params, state: Path, history, logger) -> list:
         BestCheckpoint,
         EpochExtras,
         ResumableEarlyStopping,
+        StopOnDivergence,
     )
 
     cfg = params.train
     best_so_far = min((row[MONITOR] for row in history.rows), default=None)
-    callbacks = [EpochExtras(), keras.callbacks.TerminateOnNaN(raise_error=True)]
+    callbacks = [EpochExtras(), StopOnDivergence(state.best)]
     if cfg.reduce_on_plateau.enabled:
         rop = cfg.reduce_on_plateau
         callbacks.append(
@@ -87,10 +85,10 @@ def build_callbacks(params: Params, state: Path, history, logger) -> list:
             )
         )
     callbacks += [
-        BestCheckpoint(state / BEST, MONITOR, best_so_far),
+        BestCheckpoint(state.best, MONITOR, best_so_far),
         history,
         # double_checkpoint: a kill while the backup is written falls back to the one before
-        keras.callbacks.BackupAndRestore(str(state / "backup"), double_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(state.backup), double_checkpoint=True),
         logger,
     ]
     if cfg.early_stopping.enabled:
@@ -109,19 +107,19 @@ def build_callbacks(params: Params, state: Path, history, logger) -> list:
     return callbacks
 
 
-def verified_checkpoint(state: Path) -> bytes:
+def verified_checkpoint(state: TrainingState) -> bytes:
     """The best checkpoint's bytes, once it has loaded as a VAE (never a damaged DVC output)."""
     from vaelab.model.io import load_vae
 
     try:
-        load_vae(state / BEST)
+        load_vae(state.best)
     except DataFileError as exc:
         raise DataFileError(
-            state / BEST,
+            state.best,
             f"the best checkpoint is damaged ({exc})",
-            f"Delete {state} and re-run `dvc repro train` to train from scratch",
+            f"Delete {state.folder} and re-run `dvc repro train` to train from scratch",
         ) from None
-    return (state / BEST).read_bytes()
+    return state.best.read_bytes()
 
 
 def train(params: Params) -> dict[str, Any]:
@@ -149,8 +147,8 @@ def train(params: Params) -> dict[str, Any]:
     val_ds = evaluation_dataset(x_val, cfg.batch_size)
 
     state = state_dir(params, meta["md5"])
-    run_id = runs.start_training_run(params, meta["md5"], state / "mlflow_run_id")
-    history = EpochHistory(state / "history.csv")
+    run_id = runs.start_training_run(params, meta["md5"], state.run_id)
+    history = EpochHistory(state.history)
     logger = MlflowEpochLogger(history, run_id, runs.last_logged_epoch(run_id))
     try:
         with distribution_strategy(cfg.distribute).scope():
@@ -169,22 +167,16 @@ def train(params: Params) -> dict[str, Any]:
                 callbacks=build_callbacks(params, state, history, logger),
                 verbose=2,
             )
-    except BaseException as exc:
+    except BaseException:
         runs.end_run_quietly(run_id, "FAILED")
-        if isinstance(exc, RuntimeError) and "NaN or Inf loss" in str(exc):
-            raise TrainingDiverged(
-                f"training diverged: {exc} The best model so far is kept in {state / BEST}. "
-                "Lower train.optimizer.learning_rate (or set train.optimizer.clipnorm) and "
-                "re-run."
-            ) from None
         raise
 
     summary = summarize(history.rows, MONITOR)
     with atomic_write(paths.model) as handle:
         handle.write(verified_checkpoint(state))
-    write_text(paths.train_history, (state / "history.csv").read_text())
+    write_text(paths.train_history, state.history.read_text())
     write_json(paths.train_metrics, summary)
     write_json(paths.train_run, {"run_id": run_id, "experiment": params.base.experiment})
     runs.finish_training_run(params, run_id, summary, logger.pending())
-    shutil.rmtree(state)
+    shutil.rmtree(state.folder)
     return summary

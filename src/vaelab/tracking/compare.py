@@ -1,6 +1,6 @@
 """Compare the runs of an MLflow experiment (e.g. a sweep over KL weightings) in one report.
 
-    python -m vaelab.experiments.compare [--sweep NAME] [--out reports/compare]
+    python -m vaelab.tracking.compare [--sweep NAME] [--out reports/compare]
 
 A command rather than a DVC stage: its input is the MLflow store, which DVC cannot hash, so
 as a stage it would be either always stale or always re-run. It writes a table (CSV and
@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
+from tabulate import tabulate
 
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
@@ -113,16 +114,10 @@ def table_csv(rows: list[RunRow]) -> str:
     return out.getvalue()
 
 
-def markdown(headers: list[str], rows: list[list[Any]]) -> str:
-    """A Markdown table; None shows as missing."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def table_markdown(rows: list[RunRow]) -> str:
     headers = [header for header, _, _ in COLUMNS]
-    return markdown(headers, [[row.values[h] for h in headers] for row in rows])
+    cells = [[cell(row.values[h]) for h in headers] for row in rows]
+    return tabulate(cells, headers, tablefmt="github", disable_numparse=True) + "\n"
 
 
 def rate_distortion(rows: list[RunRow]) -> plt.Figure:
@@ -219,11 +214,31 @@ def write_report(rows: list[RunRow], out: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
+def compare_runs(experiment: str, sweep: str | None, out: Path) -> None:
+    """Write the report of ``experiment``'s runs (of ``sweep`` if given) into ``out``, and log
+    it as a comparison run (under `mlflow run -e compare`, the project's run)."""
     import mlflow
 
-    from vaelab.core.params import load_params
     from vaelab.tracking.runs import start_command_run
+
+    rows = collect(experiment, sweep)
+    if not rows:
+        raise VaelabError(
+            f"no runs in experiment {experiment!r}"
+            + (f" with tag sweep={sweep!r}" if sweep else "")
+            + f" at {mlflow.get_tracking_uri()}: check the names, or MLFLOW_TRACKING_URI"
+        )
+    paths = write_report(rows, out)
+    with start_command_run(experiment, f"comparison {sweep or ''}".strip()):
+        mlflow.set_tags({KIND_TAG: "comparison", **({"sweep": sweep} if sweep else {})})
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path="comparison")
+    print(table_markdown(rows))
+    print(f"report in {out}/ ({len(rows)} runs), logged as a comparison run")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from vaelab.core.params import load_params
     from vaelab.tracking.store import connect
 
     parser = argparse.ArgumentParser(description="Compare the runs of an MLflow experiment.")
@@ -231,24 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", help="only runs tagged sweep=NAME")
     parser.add_argument("--out", default=REPORTS / "compare", type=Path)
     args = parser.parse_args(argv)
-    experiment = args.experiment or load_params().base.experiment
     connect(require=True)
-    rows = collect(experiment, args.sweep)
-    if not rows:
-        raise VaelabError(
-            f"no runs in experiment {experiment!r}"
-            + (f" with tag sweep={args.sweep!r}" if args.sweep else "")
-            + f" at {mlflow.get_tracking_uri()}: check the names, or MLFLOW_TRACKING_URI"
-        )
-    paths = write_report(rows, args.out)
-    # Under `mlflow run -e compare` the project's run is the comparison run.
-    active = start_command_run(experiment, f"comparison {args.sweep or ''}".strip())
-    with active:
-        mlflow.set_tags({KIND_TAG: "comparison", **({"sweep": args.sweep} if args.sweep else {})})
-        for path in paths:
-            mlflow.log_artifact(str(path), artifact_path="comparison")
-    print(table_markdown(rows))
-    print(f"report in {args.out}/ ({len(rows)} runs), logged as a comparison run")
+    compare_runs(args.experiment or load_params().base.experiment, args.sweep, args.out)
 
 
 if __name__ == "__main__":

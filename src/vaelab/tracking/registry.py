@@ -1,11 +1,11 @@
 """The Model Registry: the best finished run's model, by test NLL, as the ``champion``.
 
-    python -m vaelab.experiments.registry [--sweep NAME | --run RUN_ID]
+    python -m vaelab.tracking.registry [--sweep NAME | --run RUN_ID]
 
 The registered model is named after the MLflow experiment. A run is registered as a new
 version, with tags saying what chose it and a description with its numbers; the
 ``champion`` alias moves to it only if its test NLL is lower than the champion's, so a worse
-sweep never takes the alias. `vaelab.experiments.sweep` calls this after its comparison.
+sweep never takes the alias. A sweep calls this after its comparison.
 Load the champion anywhere with ``mlflow.pyfunc.load_model("models:/<experiment>@champion")``.
 """
 

@@ -1,0 +1,193 @@
+"""A job's plan as data: the baseline it starts from, the profile every run applies over it,
+and its variants, each a set of params overrides at some seeds, read from a YAML file.
+
+An experiment's identity is its seed and its *effective* overrides: every key of the stages'
+params where the run differs from the baseline (profile included), written canonically. So
+an override that repeats the baseline changes nothing, a renamed variant keeps its runs, and
+a variant at the baseline's own setting is the baseline's run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vaelab.core.atomic import write_text
+from vaelab.core.errors import VaelabError
+from vaelab.core.params import Params, flatten, load_params
+
+STAGES = ("train", "evaluate", "figures")  # a run up to a later stage answers an earlier one
+RESULTS = ("prepare", "train", "classifier", "evaluate")  # the sections that decide results
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # usable in a git ref, as DVC experiment names are
+Stage = Literal["train", "evaluate", "figures"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VariantSpec(_Spec):
+    name: str = Field(pattern=NAME)
+    group: str = Field(min_length=1)
+    label: str = Field(min_length=1, description="{dotted.key} is filled from the params")
+    set: dict[str, Any] = {}
+    seeds: int | list[int] | None = None
+    stage: Stage | None = None
+    metric: str = "test_nll"
+
+
+class PlanSpec(_Spec):
+    prefix: str = Field(pattern=NAME)
+    base: str = Field(description="the baseline's params file, beside the plan")
+    profile: dict[str, Any] = {}
+    seeds: int | list[int]
+    stage: Stage
+    variants: list[VariantSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # the DVC experiment's
+    variant: str
+    group: str
+    label: str
+    metric: str
+    seed: int
+    stage: str
+    overrides: str  # the identity: effective overrides, canonical (no seed)
+    params: Params = field(compare=False, repr=False)
+
+    def answered_by(self, seed: int, overrides: str, stage: str) -> bool:
+        return (seed, overrides) == (self.seed, self.overrides) and (
+            STAGES.index(stage) >= STAGES.index(self.stage)
+        )
+
+
+def dvc_value(value: Any) -> str:
+    """``value`` as `dvc exp run -S` reads it back (a plain word where that round-trips)."""
+    plain = isinstance(value, str) and re.fullmatch(r"[\w./:+-]+", value)
+    return value if plain and yaml.safe_load(value) == value else json.dumps(value)
+
+
+def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` as ``{"a": {"b": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["a.b=1", ...]`` (DVC's -S syntax, YAML values) as ``{"a.b": 1}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise VaelabError(f"override {item!r} is not KEY=VALUE (as for `dvc exp run -S`)")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def differences(params: Params, other: Params, sections: Iterable[str] | None = None) -> dict:
+    """``{"dotted.key": value}`` where ``params`` differs from ``other`` (in ``sections``)."""
+    mine, theirs = params.model_dump(include=sections), other.model_dump(include=sections)
+    theirs = flatten(theirs)
+    return {k: v for k, v in flatten(mine).items() if theirs.get(k, object()) != v}
+
+
+def pairs(flat: Mapping[str, Any]) -> list[str]:
+    """``{"a.b": 1}`` as ``["a.b=1"]``, sorted: DVC's -S syntax."""
+    return [f"{k}={dvc_value(v)}" for k, v in sorted(flat.items())]
+
+
+def settings(experiment: Experiment, current: Params) -> list[str]:
+    """The run's -S values for `dvc exp run`: every key where it differs from params.yaml."""
+    return pairs(differences(experiment.params, current))
+
+
+def _label(template: str, params: Params, where: str) -> str:
+    flat = params.flat()
+
+    def fill(match: re.Match) -> str:
+        if match[1] not in flat:
+            raise VaelabError(f"{where}: label names {match[1]!r}, which is not a params key")
+        return format(flat[match[1]], match[2] or "")
+
+    return re.sub(r"\{([\w.]+)(?::([^}]*))?\}", fill, template)
+
+
+def _seeds(value: int | list[int]) -> list[int]:
+    return list(range(1, value + 1)) if isinstance(value, int) else value
+
+
+def experiments(spec: PlanSpec, base: Params, where: str) -> list[Experiment]:
+    found: list[Experiment] = []
+    for v in spec.variants:
+        for seed in _seeds(spec.seeds if v.seeds is None else v.seeds):
+            try:
+                params = base.replace(nested({**spec.profile, **v.set, "base.seed": seed}))
+            except VaelabError as exc:
+                raise VaelabError(f"{where}: variant {v.name}: {exc}") from None
+            overrides = " ".join(pairs(differences(params, base, RESULTS)))
+            stage = v.stage or spec.stage
+            label = _label(v.label, params, f"{where}: variant {v.name}")
+            name = f"{spec.prefix}-{v.name}-s{seed}"
+            exp = Experiment(name, v.name, v.group, label, v.metric, seed, stage, overrides, params)
+            twin = next(
+                (e for e in found if (e.seed, e.overrides, e.stage) == (seed, overrides, stage)),
+                None,
+            )
+            if twin:
+                raise VaelabError(f"{where}: {name} runs the same experiment as {twin.name}")
+            found.append(exp)
+    return found
+
+
+@dataclass(frozen=True)
+class Plan:
+    base: Params
+    experiments: list[Experiment]
+
+    def of(self, variant: str) -> list[Experiment]:
+        return [e for e in self.experiments if e.variant == variant]
+
+    def variants(self) -> list[Experiment]:
+        """The first experiment of each variant, in the plan's order."""
+        return list({e.variant: e for e in reversed(self.experiments)}.values())[::-1]
+
+
+def load_plan(path: Path, only: set[str] | None = None) -> Plan:
+    """The plan in ``path`` (a YAML `PlanSpec`), of its variants in ``only`` if given."""
+    try:
+        spec = PlanSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise VaelabError(f"{path}: no such plan file") from None
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise VaelabError(f"{path} is not a valid plan: {exc}") from None
+    return plan_of(spec, path, only)
+
+
+def plan_of(spec: PlanSpec, path: Path, only: set[str] | None = None) -> Plan:
+    """``spec`` as read from ``path``; its base file beside it is written from params.yaml as
+    it is now if absent, so that a later change of params.yaml does not leak into the job."""
+    base_file = path.parent / spec.base
+    if not base_file.exists():
+        write_text(base_file, yaml.safe_dump(load_params().model_dump(), sort_keys=False))
+    base = load_params(base_file)
+    if only:
+        unknown = only - {v.name for v in spec.variants}
+        if unknown:
+            raise VaelabError(f"{path} has no variant {', '.join(sorted(unknown))}")
+        spec = spec.model_copy(update={"variants": [v for v in spec.variants if v.name in only]})
+    return Plan(base, experiments(spec, base, str(path)))

@@ -1,0 +1,113 @@
+"""One runner for every job (a sweep, the ablation): the plan's experiments not answered yet
+go to an executor, and each that finishes is collected from its experiment and recorded.
+
+Only a training that diverges is a result ("fails to train"); any other failure (a tracking
+server down, a full disk, a killed stage, a lock) stops the job with its cause and records
+nothing, so the same command later carries on from the results file.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vaelab.core.errors import DIVERGED, VaelabError
+from vaelab.core.params import Params
+from vaelab.experiments import collect
+from vaelab.experiments.executor import Executor, Job
+from vaelab.experiments.plan import Experiment, Plan, settings
+from vaelab.experiments.results import OK, answer, append_row, read_rows
+
+Rows = list[dict[str, str]]
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def failure(log: str) -> str:
+    """Why a run failed, in one line: the stage's own `error:` line (DVC's last line only says
+    which stage exited), else the last line of the output."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (ours or lines or ["unknown error"])[-1][:300]
+
+
+def pending(plan: Plan, rows: Rows) -> list[Experiment]:
+    """The experiments without a row, less those another of them answers (Adam's tuning run at
+    the baseline's rate is the baseline's run)."""
+    todo = [e for e in plan.experiments if answer(rows, e) is None]
+    return [
+        e
+        for e in todo
+        if not any(o is not e and e.answered_by(o.seed, o.overrides, o.stage) for o in todo)
+    ]
+
+
+def run_plan(
+    plan: Plan,
+    results: Path,
+    executor: Executor,
+    current: Params,
+    extra: Iterable[str] = (),
+    after: Callable[[Rows], None] = lambda rows: None,
+) -> int:
+    """Run what ``results`` does not answer yet, adding a row as each finishes (``after`` gets
+    the rows then); returns how many were recorded. The caller holds ``job_lock`` on the
+    folder of ``results`` for the whole job."""
+    todo, baseline = pending(plan, read_rows(results)), collect.baseline_commit()
+    by_name = {e.name: e for e in todo}
+    recorded, jobs = 0, []
+    for exp in todo:
+        ref = collect.ref_of(exp.name, baseline)
+        if collect.exists(ref) and not collect.mismatch(exp, ref):
+            after(_record(results, exp, ref, 0.0))  # it finished, its row was lost
+            recorded += 1
+            continue
+        if collect.exists(ref):
+            collect.drop(ref)  # an earlier definition of this name
+        jobs.append(Job(exp.name, exp.stage, (*settings(exp, current), *extra)))
+    for index, outcome in enumerate(executor.run(jobs), 1):
+        exp = by_name[outcome.job.name]
+        print(
+            f"[{index}/{len(jobs)}] {exp.name}: {'done' if outcome.ok else 'failed'} "
+            f"in {outcome.seconds:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not outcome.ok and DIVERGED not in outcome.log:
+            raise VaelabError(
+                f"experiment {exp.name} failed, not by a diverging training, so nothing "
+                f"is recorded and the job stops: {failure(outcome.log)}\nFix the cause and "
+                "run the same command again: what finished is kept."
+            )
+        error = "" if outcome.ok else failure(outcome.log)
+        after(_record(results, exp, collect.ref_of(exp.name, baseline), outcome.seconds, error))
+        recorded += 1
+    return recorded
+
+
+def _record(results: Path, exp: Experiment, ref: str, seconds: float, error: str = "") -> Rows:
+    """Append ``exp``'s row: its numbers from ``ref``, or the ``error`` it diverged with."""
+    return append_row(
+        results,
+        {
+            "status": f"failed: {error}" if error else OK,
+            "variant": exp.variant,
+            "seed": exp.seed,
+            "target": exp.stage,
+            "overrides": exp.overrides,
+            **({} if error else collect.outputs(exp, ref)),
+            "wall_seconds": round(seconds, 1),
+            "commit": "".join(ref.split("/")[2:4])[:7],
+            "cpu": cpu_name(),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
