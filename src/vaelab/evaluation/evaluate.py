@@ -1,6 +1,5 @@
 """The evaluate stage: test-set likelihood, ELBO parts (beta = 1), collapse diagnostics, latent
-usefulness and sample quality; the numbers land in DVC metrics and in the training's MLflow
-run."""
+usefulness and sample quality, written as DVC metrics (the stage logs them into MLflow)."""
 
 from __future__ import annotations
 
@@ -55,7 +54,7 @@ def classifier_accuracy(paths: Artifacts) -> float:
 
 
 def evaluate(params: Params) -> dict[str, Any]:
-    """Compute and write the test metrics; log them into the training run."""
+    """Compute and write the test metrics; return them."""
     from keras import ops
 
     cfg, paths = params.evaluate, Artifacts.of(params)

@@ -46,7 +46,10 @@ def mismatch(experiment: Experiment, ref: str) -> str:
     text = show(ref, "params.yaml")
     if text is None:
         return "it has no params.yaml"
-    ran: Params = validate(yaml.safe_load(text), f"{ref}:params.yaml")
+    try:
+        ran: Params = validate(yaml.safe_load(text), f"{ref}:params.yaml")
+    except (VaelabError, yaml.YAMLError):
+        return "a params.yaml this version does not accept"
     wrong = differences(ran, experiment.params, (*RESULTS, "base"))
     wrong.pop("base.experiment", None)
     return " ".join(pairs(wrong))
