@@ -41,7 +41,7 @@ class StopOnDivergence(keras.callbacks.Callback):
         self.best = best
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = float(keras.ops.convert_to_numpy((logs or {}).get("loss", 0.0)))
+        loss = float(keras.ops.convert_to_numpy(logs["loss"]))
         if not np.isfinite(loss):
             raise TrainingDiverged(
                 f"loss {loss} at batch {batch}. The best model so far is kept in {self.best}. "
