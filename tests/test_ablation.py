@@ -23,9 +23,10 @@ from vaelab.core.errors import VaelabError
 from vaelab.core.params import load_params
 from vaelab.core.paths import ABLATION
 from vaelab.experiments import collect, report
-from vaelab.experiments.ablation import RESULTS, render
+from vaelab.experiments.ablation import RESULTS
 from vaelab.experiments.executor import Outcome
-from vaelab.experiments.plan import load_plan, nested, parse_overrides
+from vaelab.experiments.plan import load_plan, nested, split_override
+from vaelab.experiments.report import render
 from vaelab.experiments.results import OK, answer, job_lock, read_rows
 from vaelab.experiments.runner import pending, run_plan
 
@@ -86,7 +87,7 @@ def test_labels_come_from_the_params_and_a_plan_cannot_run_one_experiment_twice(
     with pytest.raises(VaelabError, match="abl-d-s1 runs the same experiment as abl-c-s1"):
         _plan(tmp_path, spec)
     with pytest.raises(VaelabError, match=r"train\.epochs"):
-        parse_overrides(["train.epochs"])
+        split_override("train.epochs")
 
 
 def test_welch_interval_is_scipys_and_verdicts_need_it_to_exclude_zero():
@@ -152,8 +153,8 @@ class FakeExecutor:
             self.ran.append(job.name)
             log = self.fail(job)
             if log is None:
-                params = load_params(self.repo / "params.yaml").replace(
-                    nested(parse_overrides(job.settings)))  # fmt: skip
+                settings = {k: yaml.safe_load(v) for k, v in map(split_override, job.settings)}
+                params = load_params(self.repo / "params.yaml").replace(nested(settings))
                 ref = collect.ref_of(job.name, collect.baseline_commit())
                 commit_ref(self.repo, ref, _results(params))
             yield Outcome(job, log is None, log or "", 1.0)
@@ -188,10 +189,10 @@ def test_a_stopped_job_resumes_from_its_results_and_reports_what_it_has(repo):
     assert _run(repo, fake) == 2 and fake.ran == ["abl-beta-2-s1", "abl-beta-2-s2"]
     assert _run(repo, FakeExecutor(repo)) == 0
     plan = _plan(repo / "abl", TINY_PLAN)
-    found = {s.name: s for s in report.summaries(plan, read_rows(repo / "abl" / RESULTS))}
+    found = {s.exp.variant: s for s in report.summaries(plan, read_rows(repo / "abl" / RESULTS))}
     assert found["beta-2"].means["test_nll"] == pytest.approx(91.15)
     assert found["beta-2"].interval.difference == pytest.approx(0.95)
-    assert found["beta-2"].verdict == "hurts" and found["beta-2"].label == "beta = 2"
+    assert found["beta-2"].verdict == "hurts" and found["beta-2"].exp.label == "beta = 2"
     render(repo / "abl", plan, read_rows(repo / "abl" / RESULTS))
     assert "| KL weight: beta = 2 | +0.95 [" in (repo / "abl" / "ablation.md").read_text()
     assert (repo / "abl" / "rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
@@ -220,7 +221,7 @@ def test_only_a_diverging_training_is_recorded_as_a_result(repo):
     rows = read_rows(repo / "abl" / RESULTS)
     assert rows[-1]["status"] == "failed: training diverged: loss nan at batch 3. Lower the rate."
     assert _run(repo, FakeExecutor(repo)) == 0  # not retried
-    found = {s.name: s for s in report.summaries(_plan(repo / "abl", TINY_PLAN), rows)}
+    found = {s.exp.variant: s for s in report.summaries(_plan(repo / "abl", TINY_PLAN), rows)}
     assert (found["beta-2"].n, found["beta-2"].failed, found["beta-2"].verdict) == (
         0, 2, "fails to train")  # fmt: skip
 

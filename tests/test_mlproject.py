@@ -6,10 +6,11 @@ from __future__ import annotations
 import shlex
 
 import pytest
+import yaml
 from mlflow.projects import _project_spec
 
 from tests.conftest import ROOT, committed_params
-from vaelab.experiments.plan import nested, parse_overrides
+from vaelab.experiments.plan import nested
 
 HOSTILE = "x'; echo INJECTED; ' $(touch pwned) `id` a b\"c"
 
@@ -55,5 +56,5 @@ def test_every_override_an_entry_point_sets_is_a_valid_param(entry, tmp_path):
         values = value.split(",") if "," in value and not value.startswith("[") else [value]
         for one in values:
             committed_params().replace(
-                nested(parse_overrides([f"{key}={one}"]))
+                nested({key: yaml.safe_load(one)})
             )  # a bad key raises, named

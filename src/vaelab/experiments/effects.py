@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 from scipy import stats
 
+from vaelab.experiments.plan import Experiment
+
+Rows = list[dict[str, str]]
+
 LEVEL = 0.95
 
 
@@ -44,22 +48,20 @@ def welch(variant: list[float], baseline: list[float], level: float = LEVEL) -> 
 
 @dataclass(frozen=True)
 class Summary:
-    """One variant over its seeds: per-column mean and sd, and its effect on ``metric``."""
+    """One variant (``exp``, its first experiment) over its seeds: per-column mean and sd, and
+    its effect on ``exp.metric``."""
 
-    name: str
-    group: str
-    label: str
-    metric: str
+    exp: Experiment
     n: int
     means: dict[str, float]
     sds: dict[str, float]
     interval: Interval | None
-    failed: int = 0  # seeds whose run failed (diverged); not in n
+    failed: int = 0  # seeds whose run diverged; not in n
     same_as: str = ""  # the variant whose runs this one's equal, seed for seed
 
     @property
     def verdict(self) -> str:
-        if self.name == "baseline":
+        if self.exp.variant == "baseline":
             return "baseline"
         if self.n == 0 and self.failed:
             return "fails to train"
@@ -73,17 +75,13 @@ def same_runs(mine: list[dict[str, str]], theirs: list[dict[str, str]], columns:
     return len(mine) >= 2 and all(other.get(r["seed"]) == [r[c] for c in columns] for r in mine)
 
 
-def summarize(
-    rows: list[dict[str, str]], baseline: list[dict[str, str]], columns: tuple, **about
-) -> Summary:
-    """``about``: name, group, label, metric, failed and same_as of the variant."""
-    means, sds = {}, {}
-    for column in columns:
-        values = [float(row[column]) for row in rows if row.get(column)]
-        if values:
-            means[column] = statistics.fmean(values)
-            sds[column] = statistics.stdev(values) if len(values) > 1 else math.nan
-    metric, interval = about["metric"], None
-    if about["name"] != "baseline":
+def summarize(exp: Experiment, rows: Rows, baseline: Rows, columns: tuple, **more) -> Summary:
+    """``more``: the variant's ``failed`` seeds and the variant it is the ``same_as``."""
+    values = {c: [float(r[c]) for r in rows if r.get(c)] for c in columns}
+    values = {c: v for c, v in values.items() if v}
+    means = {c: statistics.fmean(v) for c, v in values.items()}
+    sds = {c: statistics.stdev(v) if len(v) > 1 else math.nan for c, v in values.items()}
+    metric, interval = exp.metric, None
+    if exp.variant != "baseline":
         interval = welch([float(r[metric]) for r in rows], [float(r[metric]) for r in baseline])
-    return Summary(n=len(rows), means=means, sds=sds, interval=interval, **about)
+    return Summary(exp, len(rows), means, sds, interval, **more)

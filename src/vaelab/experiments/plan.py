@@ -88,22 +88,18 @@ def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["a.b=1", ...]`` (DVC's -S syntax, YAML values) as ``{"a.b": 1}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise VaelabError(f"override {item!r} is not KEY=VALUE (as for `dvc exp run -S`)")
-        out[key] = yaml.safe_load(value)
-    return out
+def split_override(item: str) -> tuple[str, str]:
+    """``"a.b=1"`` (DVC's -S syntax) as ``("a.b", "1")``."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise VaelabError(f"-S {item!r} is not KEY=VALUE (as for `dvc exp run -S`)")
+    return key, value
 
 
 def differences(params: Params, other: Params, sections: Iterable[str] | None = None) -> dict:
     """``{"dotted.key": value}`` where ``params`` differs from ``other`` (in ``sections``)."""
-    mine, theirs = params.model_dump(include=sections), other.model_dump(include=sections)
-    theirs = flatten(theirs)
-    return {k: v for k, v in flatten(mine).items() if theirs.get(k, object()) != v}
+    theirs = flatten(other.model_dump(include=sections))
+    return {k: v for k, v in flatten(params.model_dump(include=sections)).items() if theirs[k] != v}
 
 
 def pairs(flat: Mapping[str, Any]) -> list[str]:
@@ -127,31 +123,23 @@ def _label(template: str, params: Params, where: str) -> str:
     return re.sub(r"\{([\w.]+)(?::([^}]*))?\}", fill, template)
 
 
-def _seeds(value: int | list[int]) -> list[int]:
-    return list(range(1, value + 1)) if isinstance(value, int) else value
-
-
 def experiments(spec: PlanSpec, base: Params, where: str) -> list[Experiment]:
-    found: list[Experiment] = []
+    found: dict[tuple, Experiment] = {}  # by identity and stage
     for v in spec.variants:
-        for seed in _seeds(spec.seeds if v.seeds is None else v.seeds):
+        seeds = spec.seeds if v.seeds is None else v.seeds
+        for seed in range(1, seeds + 1) if isinstance(seeds, int) else seeds:
             try:
                 params = base.replace(nested({**spec.profile, **v.set, "base.seed": seed}))
             except VaelabError as exc:
                 raise VaelabError(f"{where}: variant {v.name}: {exc}") from None
             overrides = " ".join(pairs(differences(params, base, RESULTS)))
-            stage = v.stage or spec.stage
             label = _label(v.label, params, f"{where}: variant {v.name}")
-            name = f"{spec.prefix}-{v.name}-s{seed}"
-            exp = Experiment(name, v.name, v.group, label, v.metric, seed, stage, overrides, params)
-            twin = next(
-                (e for e in found if (e.seed, e.overrides, e.stage) == (seed, overrides, stage)),
-                None,
-            )
-            if twin:
-                raise VaelabError(f"{where}: {name} runs the same experiment as {twin.name}")
-            found.append(exp)
-    return found
+            exp = Experiment(f"{spec.prefix}-{v.name}-s{seed}", v.name, v.group, label, v.metric,
+                             seed, v.stage or spec.stage, overrides, params)  # fmt: skip
+            twin = found.setdefault((seed, overrides, exp.stage), exp)
+            if twin is not exp:
+                raise VaelabError(f"{where}: {exp.name} runs the same experiment as {twin.name}")
+    return list(found.values())
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -17,21 +18,26 @@ from adjustText import adjust_text
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 from tabulate import tabulate
 
-from vaelab.experiments.effects import LEVEL, Summary, same_runs, summarize
+from vaelab.core.atomic import write_text
+from vaelab.core.paths import ABLATION
+from vaelab.experiments.effects import LEVEL, Rows, Summary, same_runs, summarize
 from vaelab.experiments.plan import Plan
 from vaelab.experiments.results import METRICS, OK, answer
+from vaelab.report.plots import save_figure
 
-Rows = list[dict[str, str]]
 TUNING = "tuning"  # the group of the learning-rate tuning runs: a table of its own
 FINGERPRINT = tuple(m for m, _, _ in METRICS if not m.endswith("_seconds"))
 COLUMNS = (*(m for m, stage, _ in METRICS if stage == "evaluate"), "train_seconds", "best_epoch")
+HEAD = ("variant", "group", "label", "seeds", "failed", "metric", "difference", "low", "high")
 COLOURS = {"helps": "tab:green", "hurts": "tab:red", "baseline": "black"}
 LINEAR_NATS = 1.0  # the forest plot turns logarithmic beyond this once some effect is large
 START, END = "<!-- {} generated: start -->", "<!-- {} generated: end -->"
+WHY = ("recon_mse_grayscale", "rate", "distortion", "active_units")  # what a row's "why" quotes
+README = Path("README.md")  # its tricks table is the committed ablation's
 
 
 def summaries(plan: Plan, rows: Rows) -> list[Summary]:
-    """Each variant with a finished or failed seed, and the earlier variant whose runs it
+    """Each variant with a finished or diverged seed, and the earlier variant whose runs it
     repeats number for number, if any."""
 
     def rows_of(variant: str) -> Rows:
@@ -40,112 +46,43 @@ def summaries(plan: Plan, rows: Rows) -> list[Summary]:
     baseline = [r for r in rows_of("baseline") if r["status"] == OK]
     found, seen = [], []
     for first in (e for e in plan.variants() if e.group != TUNING):
-        mine = [r for r in rows_of(first.variant) if r["status"] == OK]
-        failed = len(rows_of(first.variant)) - len(mine)
-        twin = next((name for name, theirs in seen if same_runs(mine, theirs, FINGERPRINT)), "")
-        seen.append((f"{first.group}: {first.label}", mine))
-        if mine or failed:
-            found.append(
-                summarize(
-                    mine,
-                    baseline,
-                    COLUMNS,
-                    name=first.variant,
-                    group=first.group,
-                    label=first.label,
-                    metric=first.metric,
-                    failed=failed,
-                    same_as=twin,
-                )
-            )
+        mine = rows_of(first.variant)
+        good = [r for r in mine if r["status"] == OK]
+        twin = next((name for name, theirs in seen if same_runs(good, theirs, FINGERPRINT)), "")
+        seen.append((f"{first.group}: {first.label}", good))
+        if mine:
+            more = {"failed": len(mine) - len(good), "same_as": twin}
+            found.append(summarize(first, good, baseline, COLUMNS, **more))
     return found
 
 
-def tuning(plan: Plan, rows: Rows) -> list[list[object]]:
-    """Optimizer, rate, validation -ELBO (or why it failed) and the choice of each tuning run."""
-    table = []
-    for exp in (e for e in plan.experiments if e.group == TUNING):
-        row, opt = answer(rows, exp), exp.params.train.optimizer
-        score = (
-            None
-            if row is None
-            else (float(row["val_neg_elbo"]) if row["status"] == OK else outcome(row))
-        )
-        table.append([opt.name, opt.learning_rate, score])
-    best = {}
-    for name, rate, score in table:
-        if isinstance(score, float) and score < best.get(name, (math.inf,))[0]:
-            best[name] = (score, rate)
-    return [[n, r, s, "yes" if best.get(n, (0, None))[1] == r else ""] for n, r, s in table]
-
-
-def outcome(row: dict[str, str]) -> str:
-    """A failed row's status up to its first sentence's end (runs.csv keeps all of it)."""
-    return row["status"].split(". ")[0].rstrip(".")
-
-
 def summary_csv(found: list[Summary]) -> str:
-    columns = sorted({c for s in found for c in s.means})
+    stats = [
+        f"{c}_{s}" for c in sorted({c for s in found for c in s.means}) for s in ("mean", "sd")
+    ]
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "variant",
-            "group",
-            "label",
-            "seeds",
-            "failed",
-            "metric",
-            "difference",
-            "low",
-            "high",
-            "verdict",
-            "same_as",
-            *(f"{c}_{stat}" for c in columns for stat in ("mean", "sd")),
-        ]
-    )
+    writer = csv.DictWriter(out, [*HEAD, "verdict", "same_as", *stats], lineterminator="\n")
+    writer.writeheader()
     for s in found:
-        i = s.interval
-        effect = [f"{v:.6g}" for v in (i.difference, i.low, i.high)] if i else ["", "", ""]
-        stats = [
-            f"{getattr(s, a)[c]:.6g}" if c in s.means else ""
-            for c in columns
-            for a in ("means", "sds")
-        ]
-        writer.writerow(
-            [
-                s.name,
-                s.group,
-                s.label,
-                s.n,
-                s.failed,
-                s.metric,
-                *effect,
-                s.verdict,
-                s.same_as,
-                *stats,
-            ]
-        )
+        e, i = s.exp, s.interval
+        row = dict(zip(HEAD, (e.variant, e.group, e.label, s.n, s.failed, e.metric), strict=False))
+        row |= {k: f"{getattr(i, k):.6g}" for k in HEAD[6:]} if i else {}
+        row |= {f"{c}_mean": f"{m:.6g}" for c, m in s.means.items()}
+        row |= {f"{c}_sd": f"{sd:.6g}" for c, sd in s.sds.items()}
+        writer.writerow({**row, "verdict": s.verdict, "same_as": s.same_as})
     return out.getvalue()
 
 
 def _why(row: dict[str, str], base: dict[str, str]) -> str:
+    mean = {c: (float(row[f"{c}_mean"]), float(base[f"{c}_mean"])) for c in WHY if row[f"{c}_mean"]}
     if row["verdict"] == "fails to train":
         return f"all {row['failed']} seeds diverged (NaN loss)"
     if row["same_as"]:
         return f"never acted: same runs as {row['same_as']}"
     if row["metric"] != "test_nll":
-        return (
-            f"judged on pixels: reconstruction MSE {float(row['recon_mse_grayscale_mean']):.4f}"
-            f" against {float(base['recon_mse_grayscale_mean']):.4f}"
-        )
-    rate, dist = (
-        float(row[f"{c}_mean"]) - float(base[f"{c}_mean"]) for c in ("rate", "distortion")
-    )
-    return (
-        f"rate {rate:+.1f}, distortion {dist:+.1f} nats; "
-        f"{float(row['active_units_mean']):.0f} active units"
-    )
+        return "judged on pixels: reconstruction MSE {:.4f} against {:.4f}".format(*mean[WHY[0]])
+    (rate, r0), (dist, d0), (units, _) = (mean[c] for c in WHY[1:])
+    return f"rate {rate - r0:+.1f}, distortion {dist - d0:+.1f} nats; {units:.0f} active units"
 
 
 def tricks_table(summary: Rows) -> str:
@@ -155,44 +92,56 @@ def tricks_table(summary: Rows) -> str:
     judged.sort(key=lambda r: (r["metric"] != "test_nll", float(r["difference"] or math.inf)))
 
     def effect(r: dict[str, str]) -> str:
+        if not r["difference"]:
+            return ""
         d = 2 if r["metric"] == "test_nll" else 4
         low, mid, high = (float(r[c]) for c in ("low", "difference", "high"))
         return f"{mid:+.{d}f} [{low:+.{d}f}, {high:+.{d}f}]"
 
     lines = [
-        [
-            f"{r['group']}: {r['label']}",
-            effect(r) if r["difference"] else "",
-            r["verdict"],
-            _why(r, base),
-        ]
-        for r in judged
+        [f"{r['group']}: {r['label']}", effect(r), r["verdict"], _why(r, base)] for r in judged
     ]
     head = ["trick", f"Δ test NLL, nats [{LEVEL:.0%} CI]", "verdict", "why"]
     return tabulate(lines, head, tablefmt="github") + "\n"
 
 
+def tuning(plan: Plan, rows: Rows) -> str:
+    """Optimizer, rate, validation -ELBO (or why it diverged) and the choice of each."""
+    table = []
+    for exp in (e for e in plan.experiments if e.group == TUNING):
+        row, opt = answer(rows, exp), exp.params.train.optimizer
+        ok = row is not None and row["status"] == OK
+        score = float(row["val_neg_elbo"]) if ok else row and outcome(row)
+        table.append([opt.name, opt.learning_rate, score])
+    best: dict[str, tuple[float, float]] = {}
+    for name, rate, score in table:
+        if isinstance(score, float) and score < best.get(name, (math.inf, 0.0))[0]:
+            best[name] = (score, rate)
+    for line in table:
+        line.append("yes" if best.get(line[0], (0, None))[1] == line[1] else "")
+    head = ["optimizer", "learning rate", "validation -ELBO", "chosen"]
+    return tabulate(table, head, tablefmt="github", missingval="")
+
+
+def outcome(row: dict[str, str]) -> str:
+    """A failed row's status up to its first sentence's end (runs.csv keeps all of it)."""
+    return row["status"].split(". ")[0].rstrip(".")
+
+
 def forest(found: list[Summary]) -> plt.Figure:
     """Effect on test NLL ± its interval per variant, sorted, zero marked."""
-    judged = sorted(
-        (s for s in found if s.interval and s.metric == "test_nll"),
-        key=lambda s: s.interval.difference,
-    )
+    judged = [s for s in found if s.interval and s.exp.metric == "test_nll"]
+    judged.sort(key=lambda s: s.interval.difference)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.34 * max(len(judged), 1)))
     for y, s in enumerate(judged):
         i = s.interval
+        bar = [[i.difference - i.low], [i.high - i.difference]]
         ax.errorbar(
-            i.difference,
-            y,
-            xerr=[[i.difference - i.low], [i.high - i.difference]],
-            fmt="o",
-            color=COLOURS.get(i.verdict, "tab:gray"),
-            capsize=3,
+            i.difference, y, xerr=bar, fmt="o", color=COLOURS.get(i.verdict, "gray"), capsize=3
         )
     ax.axvline(0.0, color="black", linewidth=1)
-    ax.set_yticks(
-        range(len(judged)), [f"{s.group}: {s.label} (n={s.n})" for s in judged], fontsize=8
-    )
+    labels = [f"{s.exp.group}: {s.exp.label} (n={s.n})" for s in judged]
+    ax.set_yticks(range(len(judged)), labels, fontsize=8)
     scale = ""
     if any(max(-s.interval.low, s.interval.high) > 4 * LINEAR_NATS for s in judged):
         low, high = (limit * 1.15 for limit in ax.get_xlim())
@@ -213,38 +162,26 @@ def forest(found: list[Summary]) -> plt.Figure:
 def rate_distortion(found: list[Summary]) -> plt.Figure:
     """Mean rate and distortion per variant (± sd over seeds), lines of equal -ELBO, and every
     variant labelled where adjustText finds room."""
-    points = [s for s in found if s.metric == "test_nll" and {"rate", "distortion"} <= set(s.means)]
+    points = [s for s in found if s.exp.metric == "test_nll" and "rate" in s.means]
     fig, ax = plt.subplots(figsize=(12, 9))
     xs, ys = (np.array([s.means[c] for s in points]) for c in ("rate", "distortion"))
     for s, x, y in zip(points, xs, ys, strict=True):
-        ax.errorbar(
-            x,
-            y,
-            xerr=np.nan_to_num(s.sds["rate"]),
-            yerr=np.nan_to_num(s.sds["distortion"]),
-            fmt="*" if s.name == "baseline" else "o",
-            color=COLOURS.get(s.verdict if s.name != "baseline" else "baseline", "tab:blue"),
-            markersize=12 if s.name == "baseline" else 5,
-            elinewidth=0.8,
-        )
+        base = s.exp.variant == "baseline"
+        ax.errorbar(x, y, np.nan_to_num(s.sds["distortion"]), np.nan_to_num(s.sds["rate"]),
+                    fmt="*" if base else "o", markersize=12 if base else 5, elinewidth=0.8,
+                    color=COLOURS.get("baseline" if base else s.verdict, "tab:blue"))  # fmt: skip
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     ax.set_autoscale_on(False)
     for total in MaxNLocator(6).tick_values(x0 + y0, x1 + y1)[1:-1]:
         ax.plot([x0, x1], [total - x0, total - x1], color="lightgray", linewidth=1, zorder=0)
         x = min(x1, total - y0)
-        ax.annotate(
-            f"-ELBO {total:g}", (x, total - x), fontsize=7, color="gray", ha="right", va="bottom"
-        )
-    texts = [ax.text(x, y, s.label, fontsize=7) for s, x, y in zip(points, xs, ys, strict=True)]
+        style = {"fontsize": 7, "color": "gray", "ha": "right", "va": "bottom"}
+        ax.annotate(f"-ELBO {total:g}", (x, total - x), **style)
+    texts = [ax.text(x, y, s.exp.label, fontsize=7) for s, x, y in zip(points, xs, ys, strict=True)]
+    line = {"arrowstyle": "-", "color": "gray", "linewidth": 0.5}
     if texts:
         adjust_text(
-            texts,
-            x=xs,
-            y=ys,
-            ax=ax,
-            expand=(1.1, 1.8),
-            force_explode=(0.2, 1.0),
-            arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.5},
+            texts, xs, ys, ax=ax, expand=(1.1, 1.8), force_explode=(0.2, 1), arrowprops=line
         )
     ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats (test set, mean over seeds)")
     ax.set_ylabel("distortion: -log p(x|z), nats")
@@ -261,3 +198,45 @@ def replace_section(text: str, name: str, content: str) -> str:
     if not found:
         raise ValueError(f"no '{start}' ... '{end}' markers")
     return f"{head}{start}\n{content}{end}{tail}"
+
+
+def header(plan: Plan, rows: Rows) -> list[str]:
+    """The plan, progress, time, machines and the runs that diverged."""
+    done = sum(answer(rows, e) is not None for e in plan.experiments)
+    hours = sum(float(row["wall_seconds"]) for row in rows) / 3600
+    cpus = "; ".join(sorted({row["cpu"] for row in rows})) or "none yet"
+    failed = "; ".join(
+        f"`abl-{r['variant']}-s{r['seed']}` {outcome(r)}" for r in rows if r["status"] != OK
+    )
+    return [
+        "**Plan**: [variants.yaml](variants.yaml) over [baseline.yaml](baseline.yaml); test NLL "
+        f"with k = {plan.base.evaluate.importance_samples} on all "
+        f"{plan.base.prepare.test_size:,} test images. `base.seed` draws the validation split, "
+        "the test set's binarization, the initial weights, the shuffling and the binarization "
+        "and augmentation draws.",
+        "",
+        f"**Progress**: {done} of {len(plan.experiments)} runs done ({hours:.1f} h of wall "
+        f"time) on {cpus}.",
+        *(["", f"**Failed runs** (diverged: a result): {failed}."] if failed else []),
+    ]
+
+
+def render(out: Path, plan: Plan, rows: Rows) -> None:
+    """summary.csv, both figures, ablation.md's generated part and, for the committed
+    ablation, the README's tricks table."""
+    found = summaries(plan, rows)
+    write_text(out / "summary.csv", summary_csv(found))
+    table = tricks_table(list(csv.DictReader((out / "summary.csv").open())))
+    save_figure(forest(found), out / "forest.png")
+    save_figure(rate_distortion(found), out / "rate_distortion.png")
+    generated = [*header(plan, rows), "", table, "![forest plot](forest.png)", "",
+                 "![rate-distortion plane](rate_distortion.png)", "",
+                 "In numbers: [summary.csv](summary.csv); every run: [runs.csv](runs.csv).", "",
+                 "### Learning rates of the optimizers (seed 1, validation -ELBO)", "",
+                 tuning(plan, rows), ""]  # fmt: skip
+    page = out / "ablation.md"
+    empty = f"# The trick ablation\n\n{START.format('ablation')}\n{END.format('ablation')}\n"
+    text = page.read_text() if page.exists() else empty
+    write_text(page, replace_section(text, "ablation", "\n".join(generated)))
+    if out.resolve() == ABLATION.resolve() and README.exists():
+        write_text(README, replace_section(README.read_text(), "tricks", table))

@@ -27,7 +27,15 @@ from vaelab.core.params import load_params
 from vaelab.core.paths import REPORTS, Artifacts
 from vaelab.experiments import collect
 from vaelab.experiments.executor import LocalExecutor
-from vaelab.experiments.plan import NAME, Plan, PlanSpec, VariantSpec, pairs, plan_of
+from vaelab.experiments.plan import (
+    NAME,
+    Plan,
+    PlanSpec,
+    VariantSpec,
+    pairs,
+    plan_of,
+    split_override,
+)
 from vaelab.experiments.results import job_lock
 from vaelab.experiments.runner import run_plan
 
@@ -35,10 +43,7 @@ from vaelab.experiments.runner import run_plan
 def grid(values: list[str]) -> list[dict[str, object]]:
     """Every combination of ``-S KEY=V1,V2,...`` values (YAML, as DVC reads them)."""
     axes = []
-    for item in values:
-        key, sep, choices = item.partition("=")
-        if not sep or not key:
-            raise VaelabError(f"-S {item!r} is not KEY=VALUE[,VALUE...]")
+    for key, choices in map(split_override, values):
         axes.append([(key, value) for value in yaml.safe_load(f"[{choices}]")])
     return [dict(point) for point in itertools.product(*axes)]
 
