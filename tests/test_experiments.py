@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import commit_all, run
+from tests.conftest import ROOT, commit_all, run
 from vaelab.tracking import compare
 from vaelab.tracking.runs import KIND_TAG
 
@@ -244,3 +244,29 @@ def test_mlproject_compare_entry_point_in_a_virtualenv(project):
     assert comparison.data.tags["mlflow.project.entryPoint"] == "compare"
     assert comparison.data.tags["mlflow.project.env"] == "virtualenv"
     assert client.list_artifacts(comparison.info.run_id, "comparison")
+
+
+def test_a_sweeps_grid_is_a_plan_of_its_own(tmp_path, monkeypatch):
+    from vaelab.core.errors import VaelabError
+    from vaelab.core.params import load_params
+    from vaelab.experiments.plan import settings
+    from vaelab.experiments.sweep import sweep_plan
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    folder = tmp_path / "reports" / "sweeps" / "g"
+    grid = ["train.kl.beta=0.5,1.0", "train.kl.schedule=constant,linear"]
+    plan = sweep_plan("g", grid, folder, 42)
+    assert [e.name for e in plan.experiments] == ["g-1-s42", "g-2-s42", "g-3-s42", "g-4-s42"]
+    assert [e.overrides for e in plan.experiments] == [
+        "train.kl.beta=0.5", "train.kl.beta=0.5 train.kl.schedule=linear", "",
+        "train.kl.schedule=linear",
+    ]  # fmt: skip
+    assert (folder / "baseline.yaml").exists()  # the sweep's own baseline, kept for a resume
+    current = load_params()
+    assert settings(plan.experiments[1], current) == [
+        "train.kl.beta=0.5",
+        "train.kl.schedule=linear",
+    ]
+    with pytest.raises(VaelabError, match=r"'train\.kl\.beta' is not KEY=VALUE"):
+        sweep_plan("g", ["train.kl.beta"], folder, 42)

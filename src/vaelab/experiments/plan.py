@@ -163,19 +163,20 @@ def load_plan(path: Path, only: set[str] | None = None) -> Plan:
         raise VaelabError(f"{path}: no such plan file") from None
     except (yaml.YAMLError, ValidationError) as exc:
         raise VaelabError(f"{path} is not a valid plan: {exc}") from None
-    return plan_of(spec, path, only)
+    return plan_of(spec, path.parent, str(path), only)
 
 
-def plan_of(spec: PlanSpec, path: Path, only: set[str] | None = None) -> Plan:
-    """``spec`` as read from ``path``; its base file beside it is written from params.yaml as
-    it is now if absent, so that a later change of params.yaml does not leak into the job."""
-    base_file = path.parent / spec.base
+def plan_of(spec: PlanSpec, folder: Path, where: str, only: set[str] | None = None) -> Plan:
+    """``spec`` (read from ``where``) of the job in ``folder``; its base file there is written
+    from params.yaml as it is now if absent, so a later change of params.yaml does not leak
+    into the job."""
+    base_file = folder / spec.base
     if not base_file.exists():
         write_text(base_file, yaml.safe_dump(load_params().model_dump(), sort_keys=False))
     base = load_params(base_file)
     if only:
         unknown = only - {v.name for v in spec.variants}
         if unknown:
-            raise VaelabError(f"{path} has no variant {', '.join(sorted(unknown))}")
+            raise VaelabError(f"{where} has no variant {', '.join(sorted(unknown))}")
         spec = spec.model_copy(update={"variants": [v for v in spec.variants if v.name in only]})
-    return Plan(base, experiments(spec, base, str(path)))
+    return Plan(base, experiments(spec, base, where))

@@ -225,8 +225,9 @@ def render(out: Path, plan: Plan, rows: Rows) -> None:
     """summary.csv, both figures, ablation.md's generated part and, for the committed
     ablation, the README's tricks table."""
     found = summaries(plan, rows)
-    write_text(out / "summary.csv", summary_csv(found))
-    table = tricks_table(list(csv.DictReader((out / "summary.csv").open())))
+    text = summary_csv(found)
+    write_text(out / "summary.csv", text)
+    table = tricks_table(list(csv.DictReader(io.StringIO(text))))
     save_figure(forest(found), out / "forest.png")
     save_figure(rate_distortion(found), out / "rate_distortion.png")
     generated = [*header(plan, rows), "", table, "![forest plot](forest.png)", "",

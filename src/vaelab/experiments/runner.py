@@ -8,6 +8,7 @@ nothing, so the same command later carries on from the results file.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -25,6 +26,7 @@ from vaelab.experiments.results import OK, answer, append_row, read_rows
 Rows = list[dict[str, str]]
 
 
+@functools.cache
 def cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -67,11 +69,11 @@ def run_plan(
     recorded, jobs = 0, []
     for exp in todo:
         ref = collect.ref_of(exp.name, baseline)
-        if collect.exists(ref) and not collect.mismatch(exp, ref):
-            after(_record(results, exp, ref, 0.0))  # it finished, its row was lost
-            recorded += 1
-            continue
         if collect.exists(ref):
+            if not collect.mismatch(exp, ref):
+                after(_record(results, exp, ref, 0.0))  # it finished, its row was lost
+                recorded += 1
+                continue
             collect.drop(ref)  # an earlier definition of this name
         jobs.append(Job(exp.name, exp.stage, (*settings(exp, current), *extra)))
     for index, outcome in enumerate(executor.run(jobs), 1):

@@ -48,19 +48,19 @@ def grid(values: list[str]) -> list[dict[str, object]]:
     return [dict(point) for point in itertools.product(*axes)]
 
 
-def sweep_plan(name: str, values: list[str], folder: Path) -> Plan:
+def sweep_plan(name: str, values: list[str], folder: Path, seed: int) -> Plan:
     points = grid(values)
     spec = PlanSpec(
         prefix=name,
         base="baseline.yaml",
-        seeds=[load_params().base.seed],
+        seeds=[seed],
         stage="figures",
         variants=[
             VariantSpec(name=str(i), group="sweep", label=" ".join(pairs(p)), set=p)
             for i, p in enumerate(points, 1)
         ],
     )
-    return plan_of(spec, folder / "plan")
+    return plan_of(spec, folder, f"sweep {name}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         raise VaelabError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
     folder, params = args.out or REPORTS / "sweeps" / name, load_params()
     with job_lock(folder):
-        plan = sweep_plan(name, args.set_param, folder)
+        plan = sweep_plan(name, args.set_param, folder, params.base.seed)
         connect(require=True)
         with start_command_run(params.base.experiment, f"sweep {name}") as parent:
             mlflow.set_tags({"sweep": name, KIND_TAG: "sweep"})
