@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from scipy import stats
 
 from vaelab.experiments.plan import Experiment
-
-Rows = list[dict[str, str]]
+from vaelab.experiments.results import Rows
 
 LEVEL = 0.95
 
@@ -68,7 +67,7 @@ class Summary:
         return self.interval.verdict if self.interval else "too few seeds yet"
 
 
-def same_runs(mine: list[dict[str, str]], theirs: list[dict[str, str]], columns: tuple) -> bool:
+def same_runs(mine: Rows, theirs: Rows, columns: tuple) -> bool:
     """Whether at least two runs of a variant each equal, in every one of ``columns``, the
     other's run at the same seed: its switch never acted."""
     other = {row["seed"]: [row[c] for c in columns] for row in theirs}

@@ -20,9 +20,9 @@ from tabulate import tabulate
 
 from vaelab.core.atomic import write_text
 from vaelab.core.paths import ABLATION
-from vaelab.experiments.effects import LEVEL, Rows, Summary, same_runs, summarize
+from vaelab.experiments.effects import LEVEL, Summary, same_runs, summarize
 from vaelab.experiments.plan import Plan
-from vaelab.experiments.results import METRICS, OK, answer
+from vaelab.experiments.results import METRICS, OK, Rows, answer
 from vaelab.report.plots import save_figure
 
 TUNING = "tuning"  # the group of the learning-rate tuning runs: a table of its own

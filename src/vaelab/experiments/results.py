@@ -17,6 +17,7 @@ from vaelab.core.errors import VaelabError
 from vaelab.experiments.plan import Experiment
 
 OK = "finished"
+Rows = list[dict[str, str]]  # a results file's rows, as read
 METRICS = (  # read from the experiment's committed results: (column, stage, key)
     ("test_nll", "evaluate", "nll"),
     ("test_neg_elbo", "evaluate", "neg_elbo"),
@@ -46,7 +47,7 @@ COLUMNS = (
 LOCK = ".job.lock"
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
+def read_rows(path: Path) -> Rows:
     """The recorded runs; a missing file is a job that has not started."""
     if not path.exists():
         return []
@@ -61,7 +62,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
-def append_row(path: Path, row: dict[str, Any]) -> list[dict[str, str]]:
+def append_row(path: Path, row: dict[str, Any]) -> Rows:
     """Add ``row`` to ``path`` (a complete new file replaces the old); returns all rows."""
     rows = [*read_rows(path), {c: str(row.get(c, "")) for c in COLUMNS}]
     out = io.StringIO()
@@ -72,7 +73,7 @@ def append_row(path: Path, row: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def answer(rows: list[dict[str, str]], experiment: Experiment) -> dict[str, str] | None:
+def answer(rows: Rows, experiment: Experiment) -> dict[str, str] | None:
     """The row that answers ``experiment``: same seed and effective overrides, a stage as far."""
     return next(
         (r for r in rows if experiment.answered_by(int(r["seed"]), r["overrides"], r["target"])),

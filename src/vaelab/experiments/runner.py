@@ -21,9 +21,7 @@ from vaelab.core.params import Params
 from vaelab.experiments import collect
 from vaelab.experiments.executor import Executor, Job
 from vaelab.experiments.plan import Experiment, Plan, settings
-from vaelab.experiments.results import OK, answer, append_row, read_rows
-
-Rows = list[dict[str, str]]
+from vaelab.experiments.results import OK, Rows, answer, append_row, read_rows
 
 
 @functools.cache
