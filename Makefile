@@ -32,4 +32,4 @@ test-fast: install
 
 # the MLflow UI on 127.0.0.1, with the link straight to this project's runs
 ui: install
-	$(RUN) python -m vaelab.tracking.ui
+	$(RUN) vaelab ui

@@ -20,12 +20,13 @@ from scipy import stats
 
 from tests.conftest import ROOT, commit_all, free_port, run
 from vaelab.core.errors import VaelabError
+from vaelab.core.overrides import nested, split_override
 from vaelab.core.params import load_params
 from vaelab.core.paths import ABLATION
 from vaelab.experiments import collect, report
 from vaelab.experiments.ablation import RESULTS
 from vaelab.experiments.executor import Outcome
-from vaelab.experiments.plan import load_plan, nested, split_override
+from vaelab.experiments.plan import load_plan
 from vaelab.experiments.report import render
 from vaelab.experiments.results import OK, answer, job_lock, read_rows
 from vaelab.experiments.runner import pending, run_plan
@@ -270,7 +271,7 @@ def test_two_commands_started_at_once_on_one_folder_one_is_refused(tmp_path):
     for name in ("baseline.yaml", "runs.csv"):
         (tmp_path / name).write_bytes((ABLATION / name).read_bytes())
     (tmp_path / "variants.yaml").write_bytes((ABLATION / "variants.yaml").read_bytes())
-    command = [sys.executable, "-m", "vaelab.experiments.ablation", "--report", "--plan",
+    command = [sys.executable, "-m", "vaelab", "ablation", "--report", "--plan",
                str(tmp_path / "variants.yaml")]  # fmt: skip
     jobs = [subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]  # fmt: skip
@@ -295,7 +296,7 @@ def _tiny_ablation(project):
         {**TINY_PLAN, "seeds": 1, "variants": [{**TINY_PLAN["variants"][0], "seeds": 2},
                                                TINY_PLAN["variants"][1]]}))  # fmt: skip
     commit_all(project, "baseline")
-    return folder / RESULTS, [sys.executable, "-m", "vaelab.experiments.ablation"]
+    return folder / RESULTS, [sys.executable, "-m", "vaelab", "ablation"]
 
 
 def _wait_rows(path: Path, n: int, job: subprocess.Popen) -> None:

@@ -117,13 +117,13 @@ def test_os_errors_get_the_fix_that_fits():
     assert "permissions" in denied and "free disk space" not in denied
 
 
-@pytest.mark.parametrize("command", ["vaelab.tracking.compare", "vaelab.experiments.sweep"])
+@pytest.mark.parametrize("command", ["compare", "sweep"])
 def test_commands_refuse_a_bad_params_file_without_a_traceback(tmp_path, command):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base"]["experiment"] = ""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     args = ["-S", "train.kl.beta=1,2"] if command.endswith("sweep") else []
-    result = run_module(command, tmp_path, *args)
+    result = run_module("vaelab", tmp_path, command, *args)
     assert result.returncode == 1
     assert "base.experiment" in result.stderr and "Traceback" not in result.stderr
 

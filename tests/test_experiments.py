@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, commit_all, run
+from vaelab import cli
 from vaelab.tracking import compare
 from vaelab.tracking.runs import KIND_TAG
 
@@ -38,7 +39,8 @@ def test_queued_sweep_two_at_once_lands_in_the_project_store(project, real_mirro
         [
             "python",
             "-m",
-            "vaelab.experiments.sweep",
+            "vaelab",
+            "sweep",
             "-S",
             "train.kl.beta=0.5,1,2",  # 1 is the baseline's: DVC reuses that run
             "--jobs",
@@ -116,7 +118,7 @@ def test_compare_report_shows_failed_run_as_missing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = _synthetic_store(tmp_path)
-    compare.main(["--experiment", "vaelab", "--sweep", "s1", "--out", "report"])
+    cli.main(["compare", "--experiment", "vaelab", "--sweep", "s1", "--out", "report"])
     rows = (tmp_path / "report" / "runs.csv").read_text().splitlines()
     assert len(rows) == 4
     failed = next(r for r in rows if "beta=8" in r)
@@ -248,8 +250,8 @@ def test_mlproject_compare_entry_point_in_a_virtualenv(project):
 
 def test_a_sweeps_grid_is_a_plan_of_its_own(tmp_path, monkeypatch):
     from vaelab.core.errors import VaelabError
+    from vaelab.core.overrides import differences, pairs
     from vaelab.core.params import load_params
-    from vaelab.experiments.plan import settings
     from vaelab.experiments.sweep import sweep_plan
 
     monkeypatch.chdir(tmp_path)
@@ -264,7 +266,7 @@ def test_a_sweeps_grid_is_a_plan_of_its_own(tmp_path, monkeypatch):
     ]  # fmt: skip
     assert (folder / "baseline.yaml").exists()  # the sweep's own baseline, kept for a resume
     current = load_params()
-    assert settings(plan.experiments[1], current) == [
+    assert pairs(differences(plan.experiments[1].params, current)) == [
         "train.kl.beta=0.5",
         "train.kl.schedule=linear",
     ]

@@ -10,7 +10,7 @@ import yaml
 from mlflow.projects import _project_spec
 
 from tests.conftest import ROOT, committed_params
-from vaelab.experiments.plan import nested
+from vaelab.core.overrides import nested
 
 HOSTILE = "x'; echo INJECTED; ' $(touch pwned) `id` a b\"c"
 

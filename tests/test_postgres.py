@@ -46,7 +46,8 @@ def test_two_trainings_at_once_against_postgres_server(project, real_mirror, tra
         [
             "python",
             "-m",
-            "vaelab.experiments.sweep",
+            "vaelab",
+            "sweep",
             "-S",
             "train.kl.beta=0.5,2",
             "--jobs",

@@ -93,14 +93,14 @@ def test_server_lost_mid_training_then_outbox_sends_everything(tiny_workdir, ser
     server.stop()
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert "python -m vaelab.tracking.outbox" in err
+    assert "vaelab outbox" in err
     outputs = Artifacts.of(params)
     assert [r["epoch"] for r in read_history(outputs.train_history)] == list(range(1, 9))
     assert outputs.model.stat().st_size > 0
 
     # Still down: the outbox keeps everything and says so.
     still = subprocess.run(
-        [sys.executable, "-m", "vaelab.tracking.outbox"],
+        [sys.executable, "-m", "vaelab", "outbox"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -109,7 +109,7 @@ def test_server_lost_mid_training_then_outbox_sends_everything(tiny_workdir, ser
 
     server.start()
     sent = subprocess.run(
-        [sys.executable, "-m", "vaelab.tracking.outbox"],
+        [sys.executable, "-m", "vaelab", "outbox"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -126,7 +126,7 @@ def test_make_ui_serves_127_0_0_1_and_links_to_the_project_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(VAELAB_UI_PORT=str(port), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vaelab.tracking.ui"],
+        [sys.executable, "-m", "vaelab", "ui"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

@@ -4,23 +4,17 @@ the current baseline commit (never another baseline's), its params checked again
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import yaml
 
 from vaelab.core.errors import VaelabError
+from vaelab.core.git import git
+from vaelab.core.overrides import differences, pairs
 from vaelab.core.params import Params, validate
 from vaelab.core.paths import Artifacts
-from vaelab.experiments.plan import RESULTS, STAGES, Experiment, differences, pairs
+from vaelab.experiments.plan import RESULTS, STAGES, Experiment
 from vaelab.experiments.results import METRICS
-
-
-def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["git", *args], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise VaelabError(f"`git {' '.join(args)}` failed: {result.stderr.strip()}")
-    return result
 
 
 def baseline_commit() -> str:

@@ -42,16 +42,8 @@ class Executor(Protocol):
 
 
 def dvc_exp_run(job: Job) -> list[str]:
-    return [
-        "dvc",
-        "exp",
-        "run",
-        "--temp",
-        "-n",
-        job.name,
-        job.stage,
-        *(arg for value in job.settings for arg in ("-S", value)),
-    ]
+    sets = [arg for value in job.settings for arg in ("-S", value)]
+    return ["dvc", "exp", "run", "--temp", "-n", job.name, job.stage, *sets]
 
 
 class LocalExecutor:

@@ -9,9 +9,7 @@ a variant at the baseline's own setting is the baseline's run.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
-from vaelab.core.params import Params, flatten, load_params
+from vaelab.core.overrides import differences, nested, pairs
+from vaelab.core.params import Params, load_params
 
 STAGES = ("train", "evaluate", "figures")  # a run up to a later stage answers an earlier one
 RESULTS = ("prepare", "train", "classifier", "evaluate")  # the sections that decide results
@@ -68,48 +67,6 @@ class Experiment:
         return (seed, overrides) == (self.seed, self.overrides) and (
             STAGES.index(stage) >= STAGES.index(self.stage)
         )
-
-
-def dvc_value(value: Any) -> str:
-    """``value`` as `dvc exp run -S` reads it back (a plain word where that round-trips)."""
-    plain = isinstance(value, str) and re.fullmatch(r"[\w./:+-]+", value)
-    return value if plain and yaml.safe_load(value) == value else json.dumps(value)
-
-
-def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` as ``{"a": {"b": 1}}``."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
-def split_override(item: str) -> tuple[str, str]:
-    """``"a.b=1"`` (DVC's -S syntax) as ``("a.b", "1")``."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise VaelabError(f"-S {item!r} is not KEY=VALUE (as for `dvc exp run -S`)")
-    return key, value
-
-
-def differences(params: Params, other: Params, sections: Iterable[str] | None = None) -> dict:
-    """``{"dotted.key": value}`` where ``params`` differs from ``other`` (in ``sections``)."""
-    theirs = flatten(other.model_dump(include=sections))
-    return {k: v for k, v in flatten(params.model_dump(include=sections)).items() if theirs[k] != v}
-
-
-def pairs(flat: Mapping[str, Any]) -> list[str]:
-    """``{"a.b": 1}`` as ``["a.b=1"]``, sorted: DVC's -S syntax."""
-    return [f"{k}={dvc_value(v)}" for k, v in sorted(flat.items())]
-
-
-def settings(experiment: Experiment, current: Params) -> list[str]:
-    """The run's -S values for `dvc exp run`: every key where it differs from params.yaml."""
-    return pairs(differences(experiment.params, current))
 
 
 def _label(template: str, params: Params, where: str) -> str:

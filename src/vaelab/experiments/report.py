@@ -106,19 +106,16 @@ def tricks_table(summary: Rows) -> str:
 
 
 def tuning(plan: Plan, rows: Rows) -> str:
-    """Optimizer, rate, validation -ELBO (or why it diverged) and the choice of each."""
+    """Optimizer, rate, validation -ELBO (or why it diverged), and the best rate of each."""
     table = []
     for exp in (e for e in plan.experiments if e.group == TUNING):
         row, opt = answer(rows, exp), exp.params.train.optimizer
-        ok = row is not None and row["status"] == OK
-        score = float(row["val_neg_elbo"]) if ok else row and outcome(row)
+        score = row and (float(row["val_neg_elbo"]) if row["status"] == OK else outcome(row))
         table.append([opt.name, opt.learning_rate, score])
-    best: dict[str, tuple[float, float]] = {}
-    for name, rate, score in table:
-        if isinstance(score, float) and score < best.get(name, (math.inf, 0.0))[0]:
-            best[name] = (score, rate)
+    scored = [line for line in table if isinstance(line[2], float)]
     for line in table:
-        line.append("yes" if best.get(line[0], (0, None))[1] == line[1] else "")
+        best = min((t for t in scored if t[0] == line[0]), key=lambda t: t[2], default=None)
+        line.append("yes" if best is line else "")
     head = ["optimizer", "learning rate", "validation -ELBO", "chosen"]
     return tabulate(table, head, tablefmt="github", missingval="")
 
@@ -208,12 +205,12 @@ def header(plan: Plan, rows: Rows) -> list[str]:
     failed = "; ".join(
         f"`abl-{r['variant']}-s{r['seed']}` {outcome(r)}" for r in rows if r["status"] != OK
     )
+    base = plan.base
     return [
         "**Plan**: [variants.yaml](variants.yaml) over [baseline.yaml](baseline.yaml); test NLL "
-        f"with k = {plan.base.evaluate.importance_samples} on all "
-        f"{plan.base.prepare.test_size:,} test images. `base.seed` draws the validation split, "
-        "the test set's binarization, the initial weights, the shuffling and the binarization "
-        "and augmentation draws.",
+        f"with k = {base.evaluate.importance_samples} on all {base.prepare.test_size:,} test "
+        "images. `base.seed` draws the validation split, the test set's binarization, the "
+        "initial weights, the shuffling and the binarization and augmentation draws.",
         "",
         f"**Progress**: {done} of {len(plan.experiments)} runs done ({hours:.1f} h of wall "
         f"time) on {cpus}.",

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
+from vaelab.core.lock import exclusive
 from vaelab.experiments.plan import Experiment
 
 OK = "finished"
@@ -32,18 +30,8 @@ METRICS = (  # read from the experiment's committed results: (column, stage, key
     ("train_seconds", "train", "train_seconds"),
     ("evaluate_seconds", "evaluate", "seconds"),
 )
-COLUMNS = (
-    "status",
-    "variant",
-    "seed",
-    "target",
-    "overrides",
-    *(m for m, _, _ in METRICS),
-    "wall_seconds",
-    "commit",
-    "cpu",
-    "finished",
-)
+COLUMNS = ("status", "variant", "seed", "target", "overrides", *(m for m, _, _ in METRICS),
+           "wall_seconds", "commit", "cpu", "finished")  # fmt: skip
 LOCK = ".job.lock"
 
 
@@ -81,21 +69,8 @@ def answer(rows: Rows, experiment: Experiment) -> dict[str, str] | None:
     )
 
 
-@contextlib.contextmanager
-def job_lock(folder: Path) -> Iterator[None]:
-    """Hold ``folder`` for this job alone. The kernel drops the lock when its holder dies, so
-    a killed job never keeps it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise VaelabError(
-                f"another job is writing to {folder} (process {handle.read().strip() or '?'}): "
-                "wait for it to finish, or give this one another output folder"
-            ) from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
+def job_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold ``folder`` for this job alone (a killed job never keeps it)."""
+    busy = (f"another job is writing to {folder} (process {{pid}}): wait for it to finish, or "
+            "give this one another output folder")  # fmt: skip
+    return exclusive(folder, busy, LOCK)

@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vaelab.core.errors import DIVERGED, VaelabError
+from vaelab.core.overrides import differences, pairs
 from vaelab.core.params import Params
 from vaelab.experiments import collect
 from vaelab.experiments.executor import Executor, Job
-from vaelab.experiments.plan import Experiment, Plan, settings
+from vaelab.experiments.plan import Experiment, Plan
 from vaelab.experiments.results import OK, Rows, answer, append_row, read_rows
 
 
@@ -73,15 +74,12 @@ def run_plan(
                 recorded += 1
                 continue
             collect.drop(ref)  # an earlier definition of this name
-        jobs.append(Job(exp.name, exp.stage, (*settings(exp, current), *extra)))
+        sets = pairs(differences(exp.params, current))  # -S over params.yaml as it is
+        jobs.append(Job(exp.name, exp.stage, (*sets, *extra)))
     for index, outcome in enumerate(executor.run(jobs), 1):
         exp = by_name[outcome.job.name]
-        print(
-            f"[{index}/{len(jobs)}] {exp.name}: {'done' if outcome.ok else 'failed'} "
-            f"in {outcome.seconds:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+        state = f"{'done' if outcome.ok else 'failed'} in {outcome.seconds:.0f} s"
+        print(f"[{index}/{len(jobs)}] {exp.name}: {state}", file=sys.stderr, flush=True)
         if not outcome.ok and DIVERGED not in outcome.log:
             raise VaelabError(
                 f"experiment {exp.name} failed, not by a diverging training, so nothing "

@@ -1,9 +1,6 @@
 """A sweep: a grid of params overrides run by the experiment runner, its runs grouped in
 MLflow under a parent run, then compared, and the best run registered as the champion.
 
-    python -m vaelab.experiments.sweep -S 'train.kl.beta=0.5,1,2,4' [-S ...] [--jobs 1] \
-        [--name NAME]
-
 Every grid point is one DVC experiment `<name>-<i>-s<seed>` (`dvc exp show` lists them). Its
 params carry the sweep's name and parent run (`tracking.sweep`, `tracking.parent_run`), so
 two sweeps at once never mix their runs. Everything goes to reports/sweeps/<name>/, which one
@@ -13,29 +10,20 @@ command again runs only what experiments.csv lacks.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import re
-from datetime import datetime
 from pathlib import Path
 
 import yaml
 
 from vaelab.core.errors import VaelabError
+from vaelab.core.overrides import pairs, split_override
 from vaelab.core.params import load_params
 from vaelab.core.paths import REPORTS, Artifacts
 from vaelab.experiments import collect
-from vaelab.experiments.executor import LocalExecutor
-from vaelab.experiments.plan import (
-    NAME,
-    Plan,
-    PlanSpec,
-    VariantSpec,
-    pairs,
-    plan_of,
-    split_override,
-)
+from vaelab.experiments.executor import Executor
+from vaelab.experiments.plan import NAME, Plan, PlanSpec, VariantSpec, plan_of
 from vaelab.experiments.results import job_lock
 from vaelab.experiments.runner import run_plan
 
@@ -49,21 +37,18 @@ def grid(values: list[str]) -> list[dict[str, object]]:
 
 
 def sweep_plan(name: str, values: list[str], folder: Path, seed: int) -> Plan:
-    points = grid(values)
-    spec = PlanSpec(
-        prefix=name,
-        base="baseline.yaml",
-        seeds=[seed],
-        stage="figures",
-        variants=[
-            VariantSpec(name=str(i), group="sweep", label=" ".join(pairs(p)), set=p)
-            for i, p in enumerate(points, 1)
-        ],
-    )
+    variants = [
+        VariantSpec(name=str(i), group="sweep", label=" ".join(pairs(p)), set=p)
+        for i, p in enumerate(grid(values), 1)
+    ]
+    spec = PlanSpec(prefix=name, base="baseline.yaml", seeds=[seed], stage="figures",
+                    variants=variants)  # fmt: skip
     return plan_of(spec, folder, f"sweep {name}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_sweep(name: str, values: list[str], executor: Executor, out: Path | None = None) -> str:
+    """Run the grid of ``values``, compare its runs, promote the best; returns what the
+    registry did."""
     import mlflow
 
     from vaelab.tracking.compare import compare_runs
@@ -71,30 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     from vaelab.tracking.runs import KIND_TAG, start_command_run
     from vaelab.tracking.store import connect
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "-S",
-        "--set-param",
-        action="append",
-        required=True,
-        help="as for `dvc exp run -S`, e.g. 'train.kl.beta=0.5,1,2,4'",
-    )
-    parser.add_argument("--jobs", "-j", type=int, default=1, help="experiments at once")
-    parser.add_argument("--name", help="the sweep's tag (default: sweep-<time>)")
-    parser.add_argument("--out", type=Path, help="default: reports/sweeps/<name>")
-    args = parser.parse_args(argv)
-    name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     if not re.fullmatch(NAME, name):
         raise VaelabError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
-    folder, params = args.out or REPORTS / "sweeps" / name, load_params()
+    folder, params = out or REPORTS / "sweeps" / name, load_params()
     with job_lock(folder):
-        plan = sweep_plan(name, args.set_param, folder, params.base.seed)
+        plan = sweep_plan(name, values, folder, params.base.seed)
         connect(require=True)
         with start_command_run(params.base.experiment, f"sweep {name}") as parent:
             mlflow.set_tags({"sweep": name, KIND_TAG: "sweep"})
-            mlflow.log_param("sweep.overrides", " ".join(args.set_param))
+            mlflow.log_param("sweep.overrides", " ".join(values))
             extra = (f"tracking.sweep={name}", f"tracking.parent_run={parent.info.run_id}")
-            run_plan(plan, folder / "experiments.csv", LocalExecutor(args.jobs), params, extra)
+            run_plan(plan, folder / "experiments.csv", executor, params, extra)
             # DVC restores a training it has run before instead of running it: tag that run.
             baseline, run_file = collect.baseline_commit(), Artifacts.of(params).train_run
             for exp in plan.experiments:
@@ -102,10 +74,4 @@ def main(argv: list[str] | None = None) -> None:
                 if text:
                     mlflow.MlflowClient().set_tag(json.loads(text)["run_id"], "sweep", name)
         compare_runs(params.base.experiment, name, folder)
-        print(promote(params.base.experiment, sweep=name))
-
-
-if __name__ == "__main__":
-    from vaelab.core.cli import run_command
-
-    run_command(main)
+        return promote(params.base.experiment, sweep=name)

@@ -1,6 +1,6 @@
 """Compare the runs of an MLflow experiment (e.g. a sweep over KL weightings) in one report.
 
-    python -m vaelab.tracking.compare [--sweep NAME] [--out reports/compare]
+    vaelab compare [--sweep NAME] [--out reports/compare]
 
 A command rather than a DVC stage: its input is the MLflow store, which DVC cannot hash, so
 as a stage it would be either always stale or always re-run. It writes a table (CSV and
@@ -11,7 +11,6 @@ failed or lack a metric are listed with the gap shown as missing.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -28,7 +27,6 @@ from tabulate import tabulate
 
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
-from vaelab.core.paths import REPORTS
 from vaelab.report.plots import save_figure
 from vaelab.tracking.runs import KIND_TAG, tag_filter
 
@@ -235,22 +233,3 @@ def compare_runs(experiment: str, sweep: str | None, out: Path) -> None:
             mlflow.log_artifact(str(path), artifact_path="comparison")
     print(table_markdown(rows))
     print(f"report in {out}/ ({len(rows)} runs), logged as a comparison run")
-
-
-def main(argv: list[str] | None = None) -> None:
-    from vaelab.core.params import load_params
-    from vaelab.tracking.store import connect
-
-    parser = argparse.ArgumentParser(description="Compare the runs of an MLflow experiment.")
-    parser.add_argument("--experiment", help="default: base.experiment of params.yaml")
-    parser.add_argument("--sweep", help="only runs tagged sweep=NAME")
-    parser.add_argument("--out", default=REPORTS / "compare", type=Path)
-    args = parser.parse_args(argv)
-    connect(require=True)
-    compare_runs(args.experiment or load_params().base.experiment, args.sweep, args.out)
-
-
-if __name__ == "__main__":
-    from vaelab.core.cli import run_command
-
-    run_command(main)

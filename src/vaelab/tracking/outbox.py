@@ -6,7 +6,7 @@ part fails, the delivery is kept on disk under ``<project>/<base.paths.state>/ou
 (files copied, since DVC outputs change with the next run) together with the parts already
 sent, and the stage finishes normally. Send what is kept once the server is back:
 
-    python -m vaelab.tracking.outbox
+    vaelab outbox
 
 A replay sends only the parts not yet sent. Metrics carry the delivery's own timestamp, so
 even a part whose acknowledgement was lost arrives as the same values, not new ones.
@@ -14,24 +14,23 @@ even a part whose acknowledgement was lost arrives as the same values, not new o
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vaelab.core.atomic import write_json
 from vaelab.core.errors import VaelabError
+from vaelab.core.lock import exclusive
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
 
-COMMAND = "python -m vaelab.tracking.outbox"
+COMMAND = "vaelab outbox"
 _BATCH = 1000  # MLflow's limit of metrics per request
 _SENT, _DELIVERY, _OWNER, _PARTIAL = "sent.json", "delivery.json", "owner.pid", ".partial-"
 
@@ -192,24 +191,10 @@ def clean_partial(outbox: Path) -> list[Path]:
     return removed
 
 
-@contextlib.contextmanager
-def exclusive(outbox: Path) -> Iterator[None]:
-    """Hold the outbox's flush lock, or raise VaelabError if another flush holds it."""
-    outbox.mkdir(parents=True, exist_ok=True)
-    with open(outbox / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VaelabError(
-                f"another `{COMMAND}` is sending {outbox} right now; wait for it to finish, "
-                "then run it again if anything is still kept"
-            ) from None
-        yield
-
-
 def flush(outbox: Path) -> tuple[int, int]:
     """Send every delivery kept in ``outbox``, oldest first; return (sent, still kept)."""
-    with exclusive(outbox):
+    busy = f"another `{COMMAND}` (process {{pid}}) is sending {outbox}: wait for it, then retry"
+    with exclusive(outbox, busy):
         for partial in clean_partial(outbox):
             print(f"removed {partial.name}: its writer died before it was complete")
         entries = sorted(p for p in outbox.iterdir() if p.is_dir() and (p / _SENT).is_file())
@@ -231,7 +216,8 @@ def flush(outbox: Path) -> tuple[int, int]:
     return done, len(entries) - done
 
 
-def main(params: Params) -> None:
+def send_kept(params: Params) -> None:
+    """Send the project's outbox; an error if anything is still kept."""
     from vaelab.tracking.store import connect
 
     connect(require=True)
@@ -239,10 +225,4 @@ def main(params: Params) -> None:
     sent, kept = flush(outbox)
     print(f"outbox: {sent} sent, {kept} still kept ({outbox})")
     if kept:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    from vaelab.core.cli import run_stage
-
-    run_stage(main)
+        raise VaelabError(f"{kept} kept in {outbox} could not be sent: see above, then retry")

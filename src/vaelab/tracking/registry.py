@@ -1,6 +1,6 @@
 """The Model Registry: the best finished run's model, by test NLL, as the ``champion``.
 
-    python -m vaelab.tracking.registry [--sweep NAME | --run RUN_ID]
+    vaelab register [--sweep NAME | --run RUN_ID]
 
 The registered model is named after the MLflow experiment. A run is registered as a new
 version, with tags saying what chose it and a description with its numbers; the
@@ -10,8 +10,6 @@ Load the champion anywhere with ``mlflow.pyfunc.load_model("models:/<experiment>
 """
 
 from __future__ import annotations
-
-import argparse
 
 from vaelab.core.errors import VaelabError
 from vaelab.tracking.runs import KIND_TAG, tag_filter
@@ -50,7 +48,7 @@ def serving_model_uri(client, run) -> str:
     if not found:
         raise VaelabError(
             f"run {run.info.run_id} has no logged model 'model': its train stage did not finish "
-            f"logging (send the outbox: python -m vaelab.tracking.outbox)"
+            f"logging (send the outbox: vaelab outbox)"
         )
     return found[0].model_uri
 
@@ -103,24 +101,3 @@ def promote(experiment: str, sweep: str | None = None, run_id: str | None = None
         )
     client.set_registered_model_alias(name, ALIAS, version.version)
     return f"{name}@{ALIAS} is now version {version.version} ({METRIC} {value:.2f})"
-
-
-def main(argv: list[str] | None = None) -> None:
-    from vaelab.core.params import load_params
-    from vaelab.tracking.store import connect
-
-    parser = argparse.ArgumentParser(description="Register the best run's model as champion.")
-    parser.add_argument("--experiment", help="default: base.experiment of params.yaml")
-    choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--sweep", help="choose among the runs tagged sweep=NAME")
-    choice.add_argument("--run", help="register this run's model")
-    args = parser.parse_args(argv)
-    experiment = args.experiment or load_params().base.experiment
-    connect(require=True)
-    print(promote(experiment, args.sweep, args.run))
-
-
-if __name__ == "__main__":
-    from vaelab.core.cli import run_command
-
-    run_command(main)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
+from vaelab.core.git import git
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts, project_root
 from vaelab.tracking.datasets import log_datasets
@@ -43,18 +43,12 @@ def adopt_project_run(environ: MutableMapping[str, str] = os.environ) -> str | N
 def git_state(root: Path) -> dict[str, str]:
     """Commit and dirty flag of the repository at ``root`` (empty if not a git repository)."""
 
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
     try:
-        return {
-            "mlflow.source.git.commit": git("rev-parse", "HEAD"),
-            "git_dirty": str(bool(git("status", "--porcelain"))).lower(),
-        }
-    except (OSError, subprocess.CalledProcessError):
+        commit = git("rev-parse", "HEAD", cwd=root).stdout.strip()
+        dirty = bool(git("status", "--porcelain", cwd=root).stdout.strip())
+    except VaelabError:
         return {}
+    return {"mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower()}
 
 
 def run_name(params: Params) -> str:

@@ -18,7 +18,8 @@ def runs_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def main(params: Params) -> None:
+def open_ui(params: Params) -> None:
+    """Print the link to the project's runs; start `mlflow ui` for a local store."""
     from vaelab.tracking.store import connect, ensure_experiment
 
     uri = connect(require=True)
@@ -34,9 +35,3 @@ def main(params: Params) -> None:
         "mlflow",
         ["mlflow", "ui", "--backend-store-uri", uri, "--host", UI_HOST, "--port", str(port)],
     )
-
-
-if __name__ == "__main__":
-    from vaelab.core.cli import run_stage
-
-    run_stage(main)

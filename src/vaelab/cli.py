@@ -1,0 +1,124 @@
+"""`vaelab`: the project's own commands, beside `dvc repro` (the pipeline) and `mlflow`.
+
+Each subcommand runs from the project root; `vaelab COMMAND --help` says what it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from vaelab.core.cli import run_command
+from vaelab.core.params import load_params
+from vaelab.core.paths import ABLATION, REPORTS
+
+COMMANDS: dict[str, tuple[str, str]] = {  # name: (what it does, an example)
+    "sweep": ("run a grid of params overrides as DVC experiments, tracked in MLflow under one "
+              "parent run, then compare them and register the best as the champion",
+              "vaelab sweep -S 'train.kl.beta=0.5,1,2,4' --name beta-sweep"),
+    "ablation": ("run what docs/ablation/runs.csv lacks of the trick ablation's plan, and "
+                 "render its report", "vaelab ablation --only baseline,beta-2 --jobs 2"),
+    "compare": ("compare the runs of an MLflow experiment (a sweep's, with --sweep) in one "
+                "report: table, rate-distortion plot, reconstructions side by side",
+                "vaelab compare --sweep beta-sweep"),
+    "register": ("register a run's model (the best of a sweep, or --run) as a new version; "
+                 "the champion alias moves to it only if its test NLL is lower",
+                 "vaelab register --sweep beta-sweep"),
+    "ui": ("start the MLflow UI on 127.0.0.1 at this project's runs (port: VAELAB_UI_PORT)",
+           "VAELAB_UI_PORT=5001 vaelab ui"),
+    "outbox": ("send what a stage kept in its outbox while the tracking server was away",
+               "vaelab outbox"),
+}  # fmt: skip
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from vaelab.experiments.executor import LocalExecutor
+    from vaelab.experiments.sweep import run_sweep
+
+    name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+    print(run_sweep(name, args.set_param, LocalExecutor(args.jobs), args.out))
+
+
+def _ablation(args: argparse.Namespace) -> None:
+    from vaelab.experiments.ablation import listing, run_ablation
+    from vaelab.experiments.executor import LocalExecutor
+
+    only = set(args.only.split(",")) if args.only else None
+    if args.list:
+        print(listing(args.plan, only))
+        return
+    executor = None if args.report else LocalExecutor(args.jobs)
+    print(f"wrote {run_ablation(args.plan, executor, only)}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from vaelab.tracking.compare import compare_runs
+    from vaelab.tracking.store import connect
+
+    connect(require=True)
+    compare_runs(args.experiment or load_params().base.experiment, args.sweep, args.out)
+
+
+def _register(args: argparse.Namespace) -> None:
+    from vaelab.tracking.registry import promote
+    from vaelab.tracking.store import connect
+
+    experiment = args.experiment or load_params().base.experiment
+    connect(require=True)
+    print(promote(experiment, args.sweep, args.run))
+
+
+def _ui(args: argparse.Namespace) -> None:
+    from vaelab.tracking.ui import open_ui
+
+    open_ui(load_params())
+
+
+def _outbox(args: argparse.Namespace) -> None:
+    from vaelab.tracking.outbox import send_kept
+
+    send_kept(load_params())
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="vaelab", description=__doc__.splitlines()[0])
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub: dict[str, argparse.ArgumentParser] = {}
+    for name, (what, example) in COMMANDS.items():
+        sub[name] = commands.add_parser(name, help=what, description=what[0].upper() + what[1:],
+                                        epilog=f"example: {example}")  # fmt: skip
+    jobs = {"type": int, "default": 1, "help": "experiments at once (default 1)"}
+    p = sub["sweep"]
+    p.add_argument("-S", "--set-param", action="append", required=True,
+                   help="KEY=V1,V2,... as for `dvc exp run -S`; several make a grid")  # fmt: skip
+    p.add_argument("--jobs", "-j", **jobs)
+    p.add_argument("--name", help="the sweep's tag (default: sweep-<time>)")
+    p.add_argument("--out", type=Path, help="default: reports/sweeps/<name>")
+    p = sub["ablation"]
+    p.add_argument("--plan", type=Path, default=ABLATION / "variants.yaml", help="a plan file")
+    p.add_argument("--only", help="comma-separated variant names")
+    p.add_argument("--list", action="store_true", help="list the runs and which are done")
+    p.add_argument("--report", action="store_true", help="render the report only, run nothing")
+    p.add_argument("--jobs", "-j", **jobs)
+    for name in ("compare", "register"):
+        sub[name].add_argument("--experiment", help="default: base.experiment of params.yaml")
+    sub["compare"].add_argument("--sweep", help="only runs tagged sweep=NAME")
+    sub["compare"].add_argument("--out", default=REPORTS / "compare", type=Path)
+    choice = sub["register"].add_mutually_exclusive_group()
+    choice.add_argument("--sweep", help="choose the best of the runs tagged sweep=NAME")
+    choice.add_argument("--run", help="register this run's model")
+    return top
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "sweep": _sweep, "ablation": _ablation, "compare": _compare,
+    "register": _register, "ui": _ui, "outbox": _outbox,
+}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` and run its command; expected failures exit 1 with one message."""
+    args = parser().parse_args(argv)
+    run_command(lambda: HANDLERS[args.command](args))
