@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from vaelab.core.errors import VaelabError
+from vaelab.core.errors import VaelabError, redact
 from vaelab.core.params import Params, load_params
 from vaelab.core.quiet_tf import import_tensorflow
 
@@ -39,9 +39,9 @@ def run_command(main: Callable[[], object]) -> None:
     try:
         main()
     except VaelabError as exc:
-        sys.exit(f"error: {exc}")
+        sys.exit(f"error: {redact(str(exc))}")
     except OSError as exc:  # disk full, permission denied, a missing file ...
-        sys.exit(os_error_message(exc))
+        sys.exit(redact(os_error_message(exc)))
 
 
 def run_stage(

@@ -1,5 +1,19 @@
 """User-facing errors: each message says what is wrong and what to do about it."""
 
+import re
+
+_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^/\s:@]*):[^/\s@]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it hidden: ``https://alice:***@host``."""
+    return _PASSWORD.sub(r"\1:***@", text)
+
+
+def cause(exc: BaseException) -> str:
+    """``exc`` in one line for a warning: its type and its (redacted) message."""
+    return f"{type(exc).__name__}: {redact(str(exc))}"
+
 
 class VaelabError(Exception):
     """An error the user can fix; stages print its message and exit non-zero."""

@@ -58,6 +58,11 @@ class TrainingState:
         """The per-epoch history so far."""
         return self.folder / "history.csv"
 
+    @property
+    def fitted(self) -> Path:
+        """Written once `fit` has returned: from then on only the outputs are left to write."""
+        return self.folder / "fitted"
+
 
 @dataclass(frozen=True)
 class Artifacts:

@@ -6,6 +6,7 @@ import sys
 
 import keras
 
+from vaelab.core.errors import cause
 from vaelab.training.callbacks import EpochHistory
 
 
@@ -36,7 +37,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         except Exception as exc:  # any tracking failure must not stop training
             self.failed = True
             print(
-                f"warning: MLflow logging failed ({type(exc).__name__}: {exc}); the epochs "
+                f"warning: MLflow logging failed ({cause(exc)}); the epochs "
                 "are kept and sent at the end of training (or kept in the outbox)",
                 file=sys.stderr,
             )

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vaelab.core.atomic import write_json
-from vaelab.core.errors import VaelabError
+from vaelab.core.errors import VaelabError, cause
 from vaelab.core.lock import exclusive
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
@@ -119,7 +119,7 @@ def deliver(delivery: Delivery, outbox: Path) -> bool:
         kept = keep(delivery, outbox, sent)
         print(
             f"warning: could not log {delivery.describe()} to MLflow run "
-            f"{delivery.run_id} ({type(exc).__name__}: {exc}).\nKept in {kept}; send it "
+            f"{delivery.run_id} ({cause(exc)}).\nKept in {kept}; send it "
             f"when the tracking server is back with: {COMMAND}",
             file=sys.stderr,
         )
@@ -208,7 +208,10 @@ def flush(outbox: Path) -> tuple[int, int]:
             try:
                 send(delivery, sent, record)
             except Exception as exc:  # still unreachable: keep it, report, try the rest
-                print(f"still kept: {entry.name} ({type(exc).__name__}: {exc})", file=sys.stderr)
+                print(
+                    f"still kept: {entry.name} ({cause(exc)})",
+                    file=sys.stderr,
+                )
                 continue
             shutil.rmtree(entry)
             done += 1

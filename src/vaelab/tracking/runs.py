@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vaelab.core.atomic import write_text
-from vaelab.core.errors import VaelabError
+from vaelab.core.errors import VaelabError, redact
 from vaelab.core.git import git
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts, project_root
@@ -129,11 +129,17 @@ def _check_run_in_store(run_id: str, uri: str, run_file: Path) -> None:
 
     try:
         mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise VaelabError(
+                f"{run_file}: the interrupted training's MLflow run {run_id} is not in the "
+                f"tracking store {uri}. Point MLFLOW_TRACKING_URI back at the store it "
+                f"started in to resume it, or delete {run_file.parent} to train from scratch."
+            ) from None
         raise VaelabError(
-            f"{run_file}: the interrupted training's MLflow run {run_id} is not in the tracking "
-            f"store {uri}. Point MLFLOW_TRACKING_URI back at the store it started in to resume "
-            f"it, or delete {run_file.parent} to train from scratch."
+            f"the tracking store {uri} did not answer for the interrupted training's run "
+            f"{run_id} ({exc.error_code}: {redact(exc.message)}). Fix the access (server, "
+            f"credentials) and re-run: the resume state in {run_file.parent} is kept."
         ) from None
 
 
@@ -164,7 +170,8 @@ def end_run_quietly(run_id: str, status: str) -> None:
     try:
         mlflow.MlflowClient().set_terminated(run_id, status)
     except Exception as exc:  # the failure being reported matters more
-        print(f"warning: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
+        warning = f"warning: could not mark MLflow run {run_id} {status}: {redact(str(exc))}"
+        print(warning, file=sys.stderr)
 
 
 def training_run_id(params: Params) -> str:

@@ -8,11 +8,14 @@ experiment runs land in the same store as a plain ``dvc repro``.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from vaelab.core.errors import VaelabError
+from vaelab.core.errors import VaelabError, redact
 from vaelab.core.paths import MLFLOW_ARTIFACTS, MLFLOW_STORE, project_root
 
 # A tracking server that hangs should cost seconds per call, not minutes of retries.
@@ -31,37 +34,67 @@ def tracking_uri(environ: Mapping[str, str] = os.environ, cwd: Path | None = Non
     return uri
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
+def without_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``uri`` without its user and password, and those two (None where absent)."""
+    parts = urlsplit(uri)
+    try:
+        parts.port  # noqa: B018 -- validates it
+    except ValueError as exc:
+        raise VaelabError(
+            f"MLFLOW_TRACKING_URI={redact(uri)} is not a valid URL ({exc}): fix it, or unset it "
+            "to use the local store"
+        ) from None
+    if parts.username is None:
+        return uri, None, None
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return bare, unquote(parts.username), unquote(parts.password or "")
+
+
+def check_reachable(
+    uri: str, environ: Mapping[str, str] = os.environ, timeout: float = 5.0
+) -> None:
     """Fail fast, before any work, when a tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
     import urllib.request
 
+    request = urllib.request.Request(f"{uri.rstrip('/')}/health")
+    if environ.get("MLFLOW_TRACKING_USERNAME"):
+        pair = (
+            f"{environ['MLFLOW_TRACKING_USERNAME']}:{environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
+        )
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+        with urllib.request.urlopen(request, timeout=timeout):
             return
-    except (OSError, urllib.error.URLError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise VaelabError(
-            f"the MLflow tracking server at {uri} does not answer ({exc}). Start it "
-            "(docs/scaling-out.md), fix MLFLOW_TRACKING_URI, or unset it to use the local store."
+            f"the MLflow tracking server at {redact(uri)} does not answer ({redact(str(exc))}). "
+            "Start it (docs/scaling-out.md), fix MLFLOW_TRACKING_URI, or unset it to use the "
+            "local store."
         ) from None
 
 
 def connect(require: bool = False, environ: MutableMapping[str, str] = os.environ) -> str:
     """Point MLflow at the project's store with short HTTP limits; return the URI.
 
+    Credentials in $MLFLOW_TRACKING_URI move to MLflow's own variables
+    (MLFLOW_TRACKING_USERNAME/PASSWORD), so that no URL MLflow prints or reports holds them.
     ``require``: raise VaelabError now if a tracking server does not answer (commands that
     cannot do anything without it). Otherwise a dead server shows up as a failed call that
     the caller keeps in the outbox.
     """
     import mlflow
 
-    uri = tracking_uri(environ)
+    uri, user, password = without_credentials(tracking_uri(environ))
+    if user is not None:
+        environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": user,
+                        "MLFLOW_TRACKING_PASSWORD": password or ""})  # fmt: skip
     for name, value in HTTP_LIMITS.items():
         environ.setdefault(name, value)
     if require:
-        check_reachable(uri)
+        check_reachable(uri, environ)
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -12,23 +12,45 @@ import hashlib
 import json
 import math
 import shutil
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from vaelab.core.atomic import atomic_write, write_json, write_text
 from vaelab.core.errors import DataFileError
 from vaelab.core.params import Params
-from vaelab.core.paths import Artifacts, TrainingState
+from vaelab.core.paths import Artifacts, TrainingState, project_root
 from vaelab.data.prepared import model_data, read_meta
+
+PACKAGE = Path(__file__).resolve().parents[1]  # src/vaelab
+
+
+def code_digest(package: Path | None = None) -> str:
+    """sha256 of the train stage's code: the files of its code deps in dvc.yaml (the folders
+    `dvc repro` re-runs it for), or of the whole package where there is no dvc.yaml."""
+    dvc_yaml = project_root() / "dvc.yaml"
+    deps = ["src/vaelab"]
+    if dvc_yaml.is_file():
+        deps = [d for d in yaml.safe_load(dvc_yaml.read_text())["stages"]["train"]["deps"]
+                if d.startswith("src/vaelab")]  # fmt: skip
+    digest, package = hashlib.sha256(), package or PACKAGE
+    for dep in deps:
+        top = package / Path(dep).relative_to("src/vaelab")
+        for file in sorted(top.rglob("*.py")) if top.is_dir() else [top]:
+            digest.update(f"{file.relative_to(package)}\0".encode() + file.read_bytes())
+    return digest.hexdigest()
 
 
 def state_dir(params: Params, data_md5: dict[str, str]) -> TrainingState:
-    """The resume-state folder of this exact training (params, seed and data)."""
+    """The resume-state folder of this exact training (params, seed, data and code)."""
     key = json.dumps(
         {
             "train": params.train.model_dump(),
             "augment": params.prepare.augment.model_dump(),
             "seed": params.base.seed,
             "data": data_md5,
+            "code": code_digest(),
         },
         sort_keys=True,
     )
@@ -122,34 +144,23 @@ def verified_checkpoint(state: TrainingState) -> bytes:
     return state.best.read_bytes()
 
 
-def train(params: Params) -> dict[str, Any]:
-    """Run (or resume) the training; write the DVC outputs; return the summary metrics."""
-    import keras
+def fit(params: Params, state: TrainingState, run_id: str, history, logger) -> None:
+    """Fit (or resume fitting) the VAE; the run is marked KILLED on Ctrl-C or SIGTERM (the
+    resume state kept), FAILED on any other error."""
 
     from vaelab.model.vae import build_vae
     from vaelab.tracking import runs
-    from vaelab.tracking.epochs import MlflowEpochLogger
-    from vaelab.training.callbacks import MONITOR, EpochHistory
     from vaelab.training.kl_schedule import BetaSchedule
     from vaelab.training.optim import build_optimizer
     from vaelab.training.pipeline import evaluation_dataset, training_dataset
 
     cfg, seed, paths = params.train, params.base.seed, Artifacts.of(params)
-    keras.utils.set_random_seed(seed)
-
-    meta = read_meta(paths)
     x_train, _ = model_data(paths, "train", fixed_draw=False)
     x_val, _ = model_data(paths, "val")
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    train_ds = training_dataset(
-        x_train, cfg.batch_size, seed, params.prepare.augment, meta["binarize"]
-    )
+    binarize = read_meta(paths)["binarize"]
+    train_ds = training_dataset(x_train, cfg.batch_size, seed, params.prepare.augment, binarize)
     val_ds = evaluation_dataset(x_val, cfg.batch_size)
-
-    state = state_dir(params, meta["md5"])
-    run_id = runs.start_training_run(params, meta["md5"], state.run_id)
-    history = EpochHistory(state.history)
-    logger = MlflowEpochLogger(history, run_id, runs.last_logged_epoch(run_id))
     try:
         with distribution_strategy(cfg.distribute).scope():
             model = build_vae(cfg, seed)
@@ -167,9 +178,41 @@ def train(params: Params) -> dict[str, Any]:
                 callbacks=build_callbacks(params, state, history, logger),
                 verbose=2,
             )
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see vaelab.core.cli)
+        runs.end_run_quietly(run_id, "KILLED")
+        raise
     except BaseException:
         runs.end_run_quietly(run_id, "FAILED")
         raise
+
+
+def train(params: Params) -> dict[str, Any]:
+    """Run (or resume) the training; write the DVC outputs; return the summary metrics.
+
+    Once `fit` has returned, the state says so (`TrainingState.fitted`): a failure while the
+    outputs are written is repaired by the next start, which writes them without training.
+    """
+    import keras
+
+    from vaelab.tracking import runs
+    from vaelab.tracking.epochs import MlflowEpochLogger
+    from vaelab.training.callbacks import MONITOR, EpochHistory
+
+    paths = Artifacts.of(params)
+    keras.utils.set_random_seed(params.base.seed)
+    meta = read_meta(paths)
+    state = state_dir(params, meta["md5"])
+    run_id = runs.start_training_run(params, meta["md5"], state.run_id)
+    history = EpochHistory(state.history)
+    logger = MlflowEpochLogger(history, run_id, runs.last_logged_epoch(run_id))
+    if state.fitted.exists():
+        print(f"the training finished before its outputs were written: writing them ({state})")
+    else:
+        if not state.backup.exists():  # fit starts at epoch 0: nothing before is this run's
+            history.rows.clear()
+            state.best.unlink(missing_ok=True)
+        fit(params, state, run_id, history, logger)
+        write_text(state.fitted, "fit returned; outputs pending\n")
 
     summary = summarize(history.rows, MONITOR)
     with atomic_write(paths.model) as handle:

@@ -1,0 +1,78 @@
+"""Training resume never mixes two trainings: a failure after `fit` is completed without
+training again, a state with nothing to resume starts clean, and a code change starts anew."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import ROOT
+from vaelab.core.params import load_params
+from vaelab.core.paths import Artifacts
+from vaelab.data.prepared import read_meta
+from vaelab.training import loop
+from vaelab.training.callbacks import MONITOR
+from vaelab.training.history import history_csv, read_history
+
+
+def test_a_failure_while_writing_the_outputs_is_completed_without_training(tiny_workdir, capfd):
+    params = tiny_workdir(epochs=4, early_stopping={"enabled": True, "patience": 1})
+    out = Artifacts.of(params)
+    out.models.mkdir(parents=True, exist_ok=True)
+    out.models.rmdir()
+    out.models.write_text("not a folder")  # the model write after `fit` fails
+    with pytest.raises(OSError):
+        loop.train(params)
+    state = loop.state_dir(params, read_meta(out)["md5"])
+    trained, best = read_history(state.history), state.best.read_bytes()
+    assert not state.backup.exists()  # Keras deleted it when fit returned
+    capfd.readouterr()
+
+    out.models.unlink()
+    summary = loop.train(params)
+    printed = capfd.readouterr()
+    assert "Epoch " not in printed.out + printed.err  # not trained again
+    assert read_history(out.train_history) == trained
+    assert summary["epochs"] == len(trained) == json.loads(out.train_metrics.read_text())["epochs"]
+    assert out.model.read_bytes() == best
+    assert not state.folder.exists()
+    mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["vaelab"], output_format="list")
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
+    assert steps == list(range(1, len(trained) + 1))
+
+
+def test_a_state_without_a_backup_starts_clean(tiny_workdir):
+    params = tiny_workdir(epochs=2)
+    state = loop.state_dir(params, read_meta(Artifacts.of(params))["md5"])
+    state.folder.mkdir(parents=True)
+    # a kill between the first epoch's history row and its backup, with an impossible score
+    row = {"epoch": 1, MONITOR: -1e9, "val_neg_elbo": -1e9, "loss": 0.0}
+    state.history.write_text(history_csv([row]))
+    summary = loop.train(params)
+    rows = read_history(Artifacts.of(params).train_history)
+    assert [r["epoch"] for r in rows] == [1, 2] and min(r["val_neg_elbo"] for r in rows) > 0
+    assert summary["best_epoch"] in (1, 2)
+
+
+def test_the_resume_key_follows_the_train_stages_code(tmp_path, monkeypatch):
+    package = tmp_path / "vaelab"
+    shutil.copytree(ROOT / "src" / "vaelab", package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setattr(loop, "PACKAGE", package, raising=False)
+    params = load_params(ROOT / "params.yaml")
+    md5 = {"train": "0" * 32}
+    before = loop.state_dir(params, md5)
+    with (package / "tracking" / "runs.py").open("a") as handle:
+        handle.write("\n# logging only: DVC does not re-run train for it\n")
+    assert loop.state_dir(params, md5) == before
+    with (package / "model" / "losses.py").open("a") as handle:
+        handle.write("\n# a fix to the loss\n")
+    assert loop.state_dir(params, md5) != before
