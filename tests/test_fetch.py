@@ -31,6 +31,13 @@ class _MirrorHandler(http.server.BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
+        if mirror == "chunked":  # a chunked response cut inside its first chunk
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(f"{len(body):x}\r\n".encode() + body[: len(body) // 2])
+            self.close_connection = True
+            return
         if mirror == "broken":
             kind = sorted(self.files).index(name) % 4
             if kind == 0:  # a server error
@@ -93,6 +100,22 @@ def test_falls_back_from_broken_http_mirror(http_mirrors, tmp_path, monkeypatch)
     for name, spec in specs.items():
         assert (tmp_path / "raw" / name).stat().st_size == spec.size
     assert [p.name for p in (tmp_path / "raw").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_cut_chunked_response_or_a_malformed_url_moves_on_to_the_next_source(
+    http_mirrors, tiny_mirror, tmp_path, monkeypatch
+):
+    base, specs = http_mirrors
+    folder, _ = tiny_mirror
+    monkeypatch.setenv(MIRROR_ENV, f"{base}/chunked")
+    cfg = _cfg(["https://host:80a/mnist", f"file://{folder}"])
+    used = fetch_all(tmp_path / "raw", cfg, files=specs)
+    assert set(used.values()) == {f"file://{folder}"}
+    monkeypatch.setenv(MIRROR_ENV, f"{base}/chunked")
+    with pytest.raises(FetchError) as info:
+        fetch_all(tmp_path / "none", _cfg(["https://host:80a/mnist"]), files=specs)
+    message = str(info.value)
+    assert "IncompleteRead" in message and "InvalidURL" in message and "nonnumeric port" in message
 
 
 def test_checksum_mismatch_is_rejected_and_nothing_written(tiny_mirror, tmp_path):

@@ -71,12 +71,85 @@ def test_an_entry_whose_writer_died_is_cleaned_and_a_live_one_kept(tmp_path):
         capture_output=True,
         check=True,
     ).stdout.strip()
-    for name, pid in (("dead", dead), ("alive", str(os.getpid()))):
-        partial = box / f".partial-{name}"
-        (partial / "files").mkdir(parents=True)
-        (partial / "owner.pid").write_text(pid)
+    for pid in (dead, str(os.getpid())):
+        (box / f".partial-{pid}-entry" / "files").mkdir(parents=True)
     assert flush(box) == (0, 0)
-    assert sorted(p.name for p in box.iterdir()) == [".lock", ".partial-alive"]
+    assert sorted(p.name for p in box.iterdir()) == [".lock", f".partial-{os.getpid()}-entry"]
+
+
+def _kept(store, tmp_path, monkeypatch) -> Path:
+    """One entry kept in a new outbox, as a delivery to a server that is away leaves it."""
+    _, run_id = store
+    monkeypatch.setattr(outbox, "send", _raise)
+    box = tmp_path / "outbox"
+    before = set(box.iterdir()) if box.exists() else set()
+    deliver(_delivery(run_id, tmp_path), box)
+    monkeypatch.undo()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (entry,) = [p for p in box.iterdir() if p.is_dir() and p not in before]
+    return entry
+
+
+def test_a_flush_while_an_entry_is_renamed_into_place_keeps_it(store, tmp_path, monkeypatch):
+    """The moment between the entry's last file and its rename: a flush then must not
+    delete it (it used to, once the owner file was gone)."""
+    _, run_id = store
+    box = tmp_path / "outbox"
+    real_rename, seen = os.rename, []
+
+    def flush_first(src, dst):
+        seen.append(flush(box))  # another process flushing at this very moment
+        real_rename(src, dst)
+
+    monkeypatch.setattr(outbox, "send", _raise)
+    monkeypatch.setattr(outbox.os, "rename", flush_first)
+    entry = outbox.keep(_delivery(run_id, tmp_path), box, set())
+    monkeypatch.undo()
+    assert seen == [(0, 0)] and (entry / "delivery.json").is_file()
+
+
+def test_a_crash_while_a_sent_entry_is_deleted_blocks_nothing(store, tmp_path, monkeypatch):
+    entry = _kept(store, tmp_path, monkeypatch)
+    newer = _kept(store, tmp_path, monkeypatch)
+    (entry / "delivery.json").unlink()  # what rmtree had deleted when the crash came
+    assert flush(entry.parent) == (1, 1)  # the damaged one is reported; the newer one goes
+    assert not newer.exists() and entry.exists()
+    retired = entry.parent / f".retired-{newer.name}"
+    retired.mkdir()  # a crash after the rename that retires a sent entry
+    assert flush(entry.parent) == (0, 1) and not retired.exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: "{not json",
+        lambda d: d.replace(d.split('"run_id": "')[1].split('"')[0], "../../x"),
+        lambda d: d.replace('"files/0/history.csv"', '"/etc/passwd"'),
+        lambda d: d.replace('"files/0/history.csv"', '"../../../../etc/passwd"'),
+    ],
+)
+def test_a_damaged_or_hostile_entry_is_reported_and_kept(store, tmp_path, monkeypatch, damage):
+    entry = _kept(store, tmp_path, monkeypatch)
+    path = entry / "delivery.json"
+    path.write_text(damage(path.read_text()))
+    uploads = []
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifact", lambda *a: uploads.append(a))
+    assert flush(entry.parent) == (0, 1)
+    assert uploads == [] and entry.exists() and not (tmp_path / "x").exists()
+
+
+def test_ctrl_c_during_a_delivery_keeps_it(store, tmp_path, monkeypatch):
+    _, run_id = store
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifact", interrupted)
+    box = tmp_path / "outbox"
+    with pytest.raises(KeyboardInterrupt):
+        deliver(_delivery(run_id, tmp_path), box)
+    (entry,) = [p for p in box.iterdir() if p.is_dir()]
+    assert "metrics:0" in (entry / "sent.json").read_text()
 
 
 def test_two_flushes_cannot_run_at_once(tmp_path):
@@ -106,3 +179,10 @@ def test_the_outbox_lives_under_the_state_path(store, tmp_path, monkeypatch):
 
 def _raise(*args, **kwargs):
     raise ConnectionError("server away")
+
+
+def test_a_run_id_that_is_a_path_is_refused_before_any_folder(tmp_path):
+    box = tmp_path / "deep" / "outbox"
+    with pytest.raises(VaelabError, match="not an MLflow run id"):
+        outbox.keep(_delivery("../../x", tmp_path), box, set())
+    assert not (tmp_path / "deep").exists() and not list(tmp_path.glob("**/x*"))

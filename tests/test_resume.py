@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from tests.conftest import ROOT
 from vaelab.core.params import load_params
@@ -76,3 +81,32 @@ def test_the_resume_key_follows_the_train_stages_code(tmp_path, monkeypatch):
     with (package / "model" / "losses.py").open("a") as handle:
         handle.write("\n# a fix to the loss\n")
     assert loop.state_dir(params, md5) != before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_ends_in_one_line_a_killed_run_and_a_resumable_state(
+    tiny_workdir, signum
+):
+    params = tiny_workdir(epochs=12)
+    Path("params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    state = loop.state_dir(params, read_meta(Artifacts.of(params))["md5"])
+    cmd = [sys.executable, "-m", "vaelab.stages.train"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(read_history(state.history) if state.history.is_file() else []) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"stopped by {signal.Signals(signum).name}:")
+    assert state.backup.is_dir() and state.run_id.is_file()
+    mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    run_id = state.run_id.read_text().strip()
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming MLflow run {run_id}" in resumed.stdout
+    assert mlflow.get_run(run_id).info.status == "FINISHED"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -34,10 +35,29 @@ def os_error_message(exc: OSError) -> str:
     return f"error: {where}{what}. Nothing was half-written; {fix}."
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a scheduler or `dvc queue kill` sends), raised where Ctrl-C would be, so
+    that both unwind the same way: runs marked killed, resume state kept."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run_command(main: Callable[[], object]) -> None:
-    """Run ``main``; turn expected failures into one message on stderr and exit 1."""
+    """Run ``main``; turn expected failures into one message on stderr and exit 1, and Ctrl-C
+    or SIGTERM into one line and exit 130 or 143."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
+    except KeyboardInterrupt as exc:
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        print(
+            f"stopped by {signal.Signals(signum).name}: nothing was half-written; run the same "
+            "command again to carry on (a training resumes from its last finished epoch)",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
     except VaelabError as exc:
         sys.exit(f"error: {redact(str(exc))}")
     except OSError as exc:  # disk full, permission denied, a missing file ...

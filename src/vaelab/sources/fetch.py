@@ -4,14 +4,14 @@ Sources are tried in order: the local mirror named by $VAELAB_MNIST_MIRROR (a fo
 URL), then the public mirrors in params.yaml. Each file is fetched as ``<name>.gz``, streamed
 with a cap on the compressed bytes and an overall deadline, inflated no further than the
 published size, and checked against the published MD5 of the IDX content before it is
-written, atomically, to data/raw. A source that fails in any way is skipped for the next.
+written, atomically, to data/raw. A source that fails in any way is skipped for the next,
+and the final error lists what each source did.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vaelab.core.atomic import atomic_write
-from vaelab.core.errors import FetchError
+from vaelab.core.errors import FetchError, cause, redact
 from vaelab.core.params import Fetch, check_mirror
 from vaelab.sources.files import FILES, FileSpec, md5_of
 
@@ -128,8 +128,11 @@ def fetch_file(name: str, spec: FileSpec, dest_dir: Path, srcs: Sequence[str], c
         try:
             chunks = _chunks(source, f"{name}.gz", cfg, limit=spec.size + _GZIP_SLACK)
             data = _verified(_inflate(chunks, spec), spec)
-        except (OSError, SourceError, urllib.error.URLError) as exc:
-            failures.append(f"  - {source}: {exc}")
+        except SourceError as exc:
+            failures.append(f"  - {redact(source)}: {exc}")
+            continue
+        except Exception as exc:  # a broken source of any kind (cut stream, bad URL): the next
+            failures.append(f"  - {redact(source)}: {cause(exc)}")
             continue
         with atomic_write(target) as handle:
             handle.write(data)

@@ -29,10 +29,12 @@ from vaelab.core.errors import VaelabError, cause
 from vaelab.core.lock import exclusive
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
+from vaelab.tracking.store import check_run_id
 
 COMMAND = "vaelab outbox"
 _BATCH = 1000  # MLflow's limit of metrics per request
-_SENT, _DELIVERY, _OWNER, _PARTIAL = "sent.json", "delivery.json", "owner.pid", ".partial-"
+_SENT, _DELIVERY = "sent.json", "delivery.json"
+_PARTIAL, _RETIRED = ".partial-", ".retired-"  # entries being written, and sent ones
 
 
 @dataclass
@@ -115,7 +117,7 @@ def deliver(delivery: Delivery, outbox: Path) -> bool:
     try:
         send(delivery, sent)
         return True
-    except Exception as exc:  # any tracking failure: keep the data, finish the stage
+    except BaseException as exc:  # any tracking failure, or Ctrl-C: keep the data
         kept = keep(delivery, outbox, sent)
         print(
             f"warning: could not log {delivery.describe()} to MLflow run "
@@ -123,18 +125,19 @@ def deliver(delivery: Delivery, outbox: Path) -> bool:
             f"when the tracking server is back with: {COMMAND}",
             file=sys.stderr,
         )
+        if not isinstance(exc, Exception):
+            raise
         return False
 
 
 def keep(delivery: Delivery, outbox: Path, sent: set[str]) -> Path:
     """Copy the delivery, its files and the parts already ``sent`` into a new entry of
     ``outbox``; return its folder. The entry appears complete or not at all: it is built
-    under a partial name and renamed into place."""
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{delivery.run_id}-{time.time_ns()}"
-    partial = outbox / f"{_PARTIAL}{name}"
+    under a partial name that carries its writer's process id, and renamed into place."""
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{check_run_id(delivery.run_id)}-{time.time_ns()}"
+    partial = outbox / f"{_PARTIAL}{os.getpid()}-{name}"
     files = partial / "files"
     files.mkdir(parents=True)
-    (partial / _OWNER).write_text(str(os.getpid()))
 
     def stash(path: str) -> str:  # one folder per file keeps the artifact's own name
         folder = files / str(len(list(files.iterdir())))
@@ -153,16 +156,24 @@ def keep(delivery: Delivery, outbox: Path, sent: set[str]) -> Path:
     )
     write_json(partial / _DELIVERY, asdict(stored))
     write_json(partial / _SENT, sorted(sent))
-    (partial / _OWNER).unlink()
     entry = outbox / name
     os.rename(partial, entry)
     return entry
 
 
+def _inside(entry: Path, path: str) -> str:
+    """``entry/path`` for a relative ``path`` that stays inside ``entry``."""
+    full = (entry / path).resolve()
+    if Path(path).is_absolute() or entry.resolve() not in full.parents:
+        raise VaelabError(f"{entry / _DELIVERY}: {path!r} is not a file of this entry")
+    return str(full)
+
+
 def _load(entry: Path) -> tuple[Delivery, set[str]]:
     data: dict[str, Any] = json.loads((entry / _DELIVERY).read_text())
-    data["artifacts"] = [(str(entry / path), folder) for path, folder in data["artifacts"]]
-    data["model"] = str(entry / data["model"]) if data["model"] else None
+    check_run_id(data["run_id"], str(entry / _DELIVERY))
+    data["artifacts"] = [(_inside(entry, path), folder) for path, folder in data["artifacts"]]
+    data["model"] = _inside(entry, data["model"]) if data["model"] else None
     return Delivery(**data), set(json.loads((entry / _SENT).read_text()))
 
 
@@ -176,31 +187,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_partial(outbox: Path) -> list[Path]:
-    """Remove entries whose writer died before finishing them; return what was removed."""
+def clean(outbox: Path) -> list[Path]:
+    """Remove the entries whose writer died before finishing them (returned) and the entries
+    retired after they were sent."""
     removed = []
     for partial in outbox.glob(f"{_PARTIAL}*"):
-        owner = partial / _OWNER
-        try:
-            pid = int(owner.read_text())
-        except (OSError, ValueError):
-            pid = 0
-        if pid == 0 or not _alive(pid):
+        pid = partial.name.removeprefix(_PARTIAL).partition("-")[0]
+        if not pid.isdigit() or not _alive(int(pid)):
             shutil.rmtree(partial)
             removed.append(partial)
+    for retired in outbox.glob(f"{_RETIRED}*"):
+        shutil.rmtree(retired)
     return removed
 
 
 def flush(outbox: Path) -> tuple[int, int]:
-    """Send every delivery kept in ``outbox``, oldest first; return (sent, still kept)."""
+    """Send every delivery kept in ``outbox``, oldest first; return (sent, still kept). An
+    entry that cannot be read or sent is reported and kept; the others still go."""
     busy = f"another `{COMMAND}` (process {{pid}}) is sending {outbox}: wait for it, then retry"
     with exclusive(outbox, busy):
-        for partial in clean_partial(outbox):
+        for partial in clean(outbox):
             print(f"removed {partial.name}: its writer died before it was complete")
-        entries = sorted(p for p in outbox.iterdir() if p.is_dir() and (p / _SENT).is_file())
+        entries = sorted(p for p in outbox.iterdir() if p.is_dir() and not p.name.startswith("."))
         done = 0
         for entry in entries:
-            delivery, sent = _load(entry)
+            try:
+                delivery, sent = _load(entry)
+            except (OSError, ValueError, KeyError, TypeError, VaelabError) as exc:
+                print(f"still kept: {entry.name} is damaged ({cause(exc)})", file=sys.stderr)
+                continue
 
             def record(_part: str, entry: Path = entry, sent: set[str] = sent) -> None:
                 write_json(entry / _SENT, sorted(sent))
@@ -208,12 +223,11 @@ def flush(outbox: Path) -> tuple[int, int]:
             try:
                 send(delivery, sent, record)
             except Exception as exc:  # still unreachable: keep it, report, try the rest
-                print(
-                    f"still kept: {entry.name} ({cause(exc)})",
-                    file=sys.stderr,
-                )
+                print(f"still kept: {entry.name} ({cause(exc)})", file=sys.stderr)
                 continue
-            shutil.rmtree(entry)
+            retired = entry.with_name(f"{_RETIRED}{entry.name}")
+            os.rename(entry, retired)  # gone from the outbox in one step, then deleted
+            shutil.rmtree(retired)
             done += 1
             print(f"sent {delivery.describe()} to run {delivery.run_id}")
     return done, len(entries) - done

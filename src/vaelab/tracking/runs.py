@@ -17,7 +17,7 @@ from vaelab.core.git import git
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts, project_root
 from vaelab.tracking.datasets import log_datasets
-from vaelab.tracking.store import connect, ensure_experiment
+from vaelab.tracking.store import check_run_id, connect, ensure_experiment
 
 KIND_TAG = "vaelab.kind"  # marks runs that are not trainings: a sweep's parent, a comparison
 
@@ -84,7 +84,7 @@ def start_training_run(
     adopted = adopt_project_run(environ)
     client = mlflow.MlflowClient()
     if run_file.is_file():
-        run_id = run_file.read_text().strip()
+        run_id = check_run_id(run_file.read_text().strip(), f"{run_file} (delete its folder)")
         _check_run_in_store(run_id, uri, run_file)
         client.update_run(run_id, status="RUNNING")
         print(f"resuming MLflow run {run_id} from {run_file.parent}")
@@ -178,12 +178,10 @@ def training_run_id(params: Params) -> str:
     """The MLflow run the train stage recorded, with the store connected."""
     path = Artifacts.of(params).train_run
     try:
-        run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
-        if not isinstance(run_id, str) or not run_id:
-            raise ValueError(f"run_id {run_id!r} is not a run id")
+        run_id = check_run_id(json.loads(path.read_text(encoding="utf-8"))["run_id"], "run_id")
     except FileNotFoundError:
         raise VaelabError(f"{path}: missing; run `dvc repro train` (or `dvc checkout`)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, VaelabError) as exc:
         raise VaelabError(
             f"{path}: no training run recorded ({exc}); restore it with `dvc checkout` or "
             "re-run `dvc repro train`"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -112,3 +113,10 @@ def ensure_experiment(name: str) -> str:
         # experiment copy that is deleted afterwards.
         location = (project_root() / MLFLOW_ARTIFACTS).as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+def check_run_id(run_id: object, where: str = "the delivery") -> str:
+    """``run_id`` if it is an MLflow run id (32 hex digits), else VaelabError."""
+    if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise VaelabError(f"{where}: {run_id!r} is not an MLflow run id (32 hex digits)")
+    return run_id
