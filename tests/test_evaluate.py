@@ -160,3 +160,21 @@ def test_stages_write_metrics_figures_and_log_into_the_training_run(tiny_workdir
     assert not doubled and "test_latent_dim" not in logged and "test_seconds" not in logged
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "figures")}
     assert "figures/reconstructions.png" in names and len(names) == 8
+
+
+def test_the_bounds_graph_does_not_grow_with_k(binary_images):
+    """k = 1000 in chunks of 1 is a loop in the graph, not 1000 decoder copies."""
+    import tensorflow as tf
+
+    from vaelab.evaluation.likelihood import _batch_estimates
+
+    x, logit, _ = binary_images
+    vae = _constant_vae(0.0, 0.0, logit)
+
+    def graph_size(k: int, chunk: int) -> int:
+        step = tf.function(lambda xb, s: _batch_estimates(vae, xb, k, chunk, s))
+        graph = step.get_concrete_function(tf.constant(x[:8]), tf.constant([0, 0])).graph
+        return len(graph.as_graph_def().node)
+
+    assert graph_size(1000, 1) == graph_size(10, 1)
+    assert graph_size(1000, 3) == graph_size(10, 3)  # one more decoder for the remainder

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import committed_params
+from tests.conftest import committed_params, tiny_mnist_arrays
 from vaelab.core.errors import DataFileError
 from vaelab.core.params import Prepare, merge
 from vaelab.core.paths import Artifacts
 from vaelab.data.prepare import prepare, split_indices
 from vaelab.data.prepared import load_prepared, model_data, read_meta
+from vaelab.sources.idx import idx_bytes
 
 
 def _cfg(**cfg) -> Prepare:
@@ -49,11 +50,15 @@ def test_split_is_seeded(tiny_raw, tmp_path):
     assert read_meta(_at(tmp_path / "a"))["md5"] == read_meta(_at(tmp_path / "b"))["md5"]
 
 
-def test_subset_caps_train_and_test(tiny_raw, tmp_path):
-    meta = _prepare(tiny_raw, tmp_path / "p", subset=120, val_size=20)
-    assert meta["sizes"] == {"train": 100, "val": 20, "test": 60}
-    meta = _prepare(tiny_raw, tmp_path / "q", subset=40, val_size=10)
-    assert meta["sizes"] == {"train": 30, "val": 10, "test": 40}
+def test_subset_caps_train_and_test(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, array in tiny_mnist_arrays(n_train=300, n_test=150).items():
+        (raw / name).write_bytes(idx_bytes(array))
+    meta = _prepare(raw, tmp_path / "p", subset=200, val_size=20)
+    assert meta["sizes"] == {"train": 180, "val": 20, "test": 150}
+    meta = _prepare(raw, tmp_path / "q", subset=120, val_size=10)
+    assert meta["sizes"] == {"train": 110, "val": 10, "test": 120}
 
 
 def test_static_binarization_is_one_seeded_draw(tiny_raw, tmp_path):

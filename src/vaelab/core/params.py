@@ -7,17 +7,22 @@ so a typo in a ``dvc exp run -S`` override stops the stage before any work is do
 
 from __future__ import annotations
 
+import itertools
+import os
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vaelab.core.errors import ParamsError
-from vaelab.core.mnist import TEST_SIZE, TRAIN_SIZE
+from vaelab.core.mnist import HEIGHT, PIXELS, TEST_SIZE, TRAIN_SIZE
+
+EVALUATE_BYTES = 4 * 2**30  # one IWAE decoder call may take this much memory
+TSNE_PERPLEXITY = 30  # scikit-learn's default, which the figures stage uses
 
 
 class Section(BaseModel):
@@ -35,10 +40,27 @@ class Paths(Section):
     # outputs before re-running a stage.
     state: str = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _apart(self) -> Self:
+        # DVC deletes an output before its stage runs: nothing may live inside another path.
+        named = {k: PurePosixPath(os.path.normpath(v)) for k, v in self.model_dump().items()}
+        for (a, pa), (b, pb) in itertools.combinations(named.items(), 2):
+            if pa == pb or pa in pb.parents or pb in pa.parents:
+                raise ValueError(
+                    f"base.paths.{a}={str(pa)!r} and base.paths.{b}={str(pb)!r} overlap: `dvc "
+                    "repro` deletes a stage's outputs before it runs, with whatever is inside "
+                    "them; give each its own folder"
+                )
+        return self
+
 
 class Base(Section):
     seed: int = Field(ge=0, le=2**31 - 1)
-    experiment: str = Field(min_length=1, max_length=200)
+    experiment: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$",
+        max_length=200,
+        description="also the registered model's name: letters, digits, ' ', '.', '_', '-'",
+    )
     paths: Paths
 
 
@@ -83,7 +105,9 @@ class Augment(Section):
 
 class Prepare(Section):
     val_size: int = Field(ge=1, lt=TRAIN_SIZE)
-    subset: int | None = Field(ge=2, le=TRAIN_SIZE)
+    subset: int | None = Field(
+        ge=100, le=TRAIN_SIZE, description="the latent probe needs every class: >= 100 images"
+    )
     binarize: Literal["none", "static", "dynamic"]
     augment: Augment
 
@@ -116,7 +140,7 @@ class Architecture(Section):
         description="conv decoder's last step to 28x28: a transposed-conv stage, or a 3x3 conv"
         " to 4 logits per 14x14 pixel rearranged by depth_to_space (half the cost)"
     )
-    latent_dim: int = Field(ge=1, le=512)
+    latent_dim: int = Field(ge=2, le=512, description="the figures project it onto 2 axes")
     activation: Literal["relu", "elu", "gelu", "tanh", "swish", "leaky_relu"]
     batch_norm: bool
     normalize_inputs: bool = Field(description="false: the encoder sees raw 0-255 pixels")
@@ -133,8 +157,8 @@ class KLWeight(Section):
     beta: float = Field(ge=0, le=1000)
     schedule: Literal["constant", "linear", "cyclical"]
     unit: Literal["epoch", "step"]
-    warmup: float = Field(gt=0, description="linear: length of the ramp 0 -> beta")
-    cycles: int = Field(ge=1, description="cyclical: number of cycles M")
+    warmup: float = Field(gt=0, le=1e7, description="linear: length of the ramp 0 -> beta")
+    cycles: int = Field(ge=1, le=10_000, description="cyclical: number of cycles M")
     ratio: float = Field(gt=0, le=1, description="cyclical: fraction R of a cycle rising")
     free_bits: float = Field(ge=0, le=100, description="KL floor per latent dim, nats")
 
@@ -143,28 +167,28 @@ class Optimizer(Section):
     name: Literal["adam", "rmsprop", "sgd"]
     learning_rate: float = Field(gt=0, le=10)
     momentum: float = Field(ge=0, lt=1, description="sgd and rmsprop")
-    clipnorm: float | None = Field(gt=0)
+    clipnorm: float | None = Field(gt=0, le=1e6)
 
 
 class LRSchedule(Section):
     name: Literal["constant", "exponential", "cosine"]
     decay_rate: float = Field(gt=0, lt=1, description="exponential: factor per decay_epochs")
-    decay_epochs: float = Field(gt=0, description="exponential")
+    decay_epochs: float = Field(gt=0, le=1e6, description="exponential")
     min_fraction: float = Field(ge=0, lt=1, description="cosine: final lr / initial lr")
 
 
 class ReduceOnPlateau(Section):
     enabled: bool
     factor: float = Field(gt=0, lt=1)
-    patience: int = Field(ge=0)
-    min_lr: float = Field(ge=0)
+    patience: int = Field(ge=0, le=10_000)
+    min_lr: float = Field(ge=0, le=10)
 
 
 class EarlyStopping(Section):
     enabled: bool
-    patience: int = Field(ge=0)
-    min_delta: float = Field(ge=0)
-    start_from_epoch: int = Field(ge=0)
+    patience: int = Field(ge=0, le=10_000)
+    min_delta: float = Field(ge=0, le=1e6)
+    start_from_epoch: int = Field(ge=0, le=10_000)
 
 
 class Train(Section):
@@ -216,12 +240,21 @@ class Figures(Section):
     projection: Literal["pca", "tsne"]
     projection_points: int = Field(ge=10, le=TEST_SIZE)
 
+    @model_validator(mode="after")
+    def _tsne_points(self) -> Self:
+        if self.projection == "tsne" and self.projection_points <= TSNE_PERPLEXITY:
+            raise ValueError(
+                f"figures.projection_points={self.projection_points} is too few for t-SNE "
+                f"(perplexity {TSNE_PERPLEXITY}): use more than {TSNE_PERPLEXITY}, or pca"
+            )
+        return self
+
 
 class Tracking(Section):
     """How runs are logged; no DVC stage depends on it, since it changes no output."""
 
     system_metrics: bool = Field(description="CPU and memory use sampled into training runs")
-    system_metrics_interval: float = Field(gt=0, le=3600, description="seconds between samples")
+    system_metrics_interval: float = Field(ge=1, le=3600, description="seconds between samples")
     # Set per experiment by a sweep (`-S`), so that they travel with the experiment itself.
     sweep: str | None = Field(min_length=1, max_length=250, description="the runs' sweep tag")
     parent_run: str | None = Field(pattern=r"^[0-9a-f]{32}$", description="MLflow parent run")
@@ -247,6 +280,19 @@ class Params(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _evaluation_fits(self) -> Self:
+        ev = self.evaluate
+        need = evaluation_bytes(self)
+        if need > EVALUATE_BYTES:
+            raise ValueError(
+                f"evaluate.batch_size={ev.batch_size} x evaluate.chunk={ev.chunk} decodes "
+                f"{ev.batch_size * ev.chunk:,} images at once, about {need / 2**30:.1f} GiB for "
+                f"this decoder (train.architecture); the limit is {EVALUATE_BYTES / 2**30:g} "
+                "GiB: lower either (they set memory and speed, not what is estimated)"
+            )
+        return self
+
     def flat(self) -> dict[str, Any]:
         """All params as ``{"section.key": value}``, e.g. for MLflow."""
         return flatten(self.model_dump())
@@ -254,6 +300,18 @@ class Params(Section):
     def replace(self, overrides: Mapping[str, Any]) -> Params:
         """A validated copy with ``overrides`` (nested sections) merged in."""
         return validate(merge(self.model_dump(), overrides), "overrides")
+
+
+def evaluation_bytes(params: Params) -> int:
+    """Memory of one decoder call of the IWAE bound: batch_size x chunk images, each with its
+    decoder activations and three image-sized tensors (targets, logits, log-likelihoods)."""
+    arch, side = params.train.architecture, HEIGHT // 2
+    if arch.kind == "mlp":
+        units = sum(arch.hidden)
+    else:  # the conv decoder's feature maps: 7x7 (two stages), 14x14, and the dense layer
+        maps = [f * (side // 2**i) ** 2 for i, f in enumerate(arch.filters)]
+        units = arch.dense + 2 * sum(maps)
+    return 4 * params.evaluate.batch_size * params.evaluate.chunk * (units + 3 * PIXELS)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

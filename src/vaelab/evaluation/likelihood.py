@@ -32,15 +32,16 @@ class Estimates:
 
 
 def _batch_estimates(vae, x, k: int, chunk: int, seed):
+    """The bound's parts for one batch: k samples, ``chunk`` per decoder call, in a graph loop
+    (one decoder in the graph for the full chunks, one more for a remainder)."""
     import tensorflow as tf
 
     z_mean, z_log_var = vae.encoder(x, training=False)
     batch, dim = ops.shape(z_mean)[0], ops.shape(z_mean)[1]
     std = ops.exp(0.5 * z_log_var)
-    log_sum = ops.full((batch,), -np.inf)
-    recon_sum = ops.zeros((batch,))
-    for start in range(0, k, chunk):
-        c = min(chunk, k - start)
+
+    def add(start, c: int, sums):
+        log_sum, recon_sum = sums
         chunk_seed = tf.random.experimental.stateless_fold_in(seed, start)
         eps = tf.random.stateless_normal((c, batch, dim), seed=chunk_seed)
         z = z_mean[None] + std[None] * eps
@@ -52,7 +53,14 @@ def _batch_estimates(vae, x, k: int, chunk: int, seed):
         log_pz = -0.5 * ops.sum(ops.square(z) + _LOG_2PI, axis=-1)
         log_qz = -0.5 * ops.sum(ops.square(eps) + _LOG_2PI + z_log_var[None], axis=-1)
         log_sum = ops.logaddexp(log_sum, ops.logsumexp(log_px_z + log_pz - log_qz, axis=0))
-        recon_sum = recon_sum - ops.sum(log_px_z, axis=0)
+        return log_sum, recon_sum - ops.sum(log_px_z, axis=0)
+
+    full, rest = divmod(k, chunk)
+    sums = (ops.full((batch,), -np.inf), ops.zeros((batch,)))
+    sums = ops.fori_loop(0, full, lambda i, s: add(i * chunk, chunk, s), sums)
+    if rest:
+        sums = add(full * chunk, rest, sums)
+    log_sum, recon_sum = sums
     kl_dims = kl_per_dim(z_mean, z_log_var)
     return math.log(k) - log_sum, recon_sum / k, kl_dims, z_mean
 

@@ -23,7 +23,7 @@ def load_keras(path: str | Path, fix: str = RETRAIN) -> keras.Model:
         return keras.saving.load_model(path, safe_mode=True)
     except FileNotFoundError:
         raise DataFileError(path, "missing", fix) from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise DataFileError(path, f"not a loadable Keras model ({exc})", fix) from None
 
 
