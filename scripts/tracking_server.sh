@@ -12,9 +12,10 @@
 # team, with AWS_* / MLFLOW_S3_ENDPOINT_URL in the environment), VAELAB_SERVER_HOST (127.0.0.1)
 # and VAELAB_SERVER_AUTH (empty, or "basic" for MLflow's basic-auth app).
 #
-# Any host but a loopback one needs VAELAB_SERVER_AUTH=basic: the script refuses to serve a
-# network without authentication. With it, the admin password (user "admin") and the Flask
-# secret key are generated on first start and kept in $VAELAB_SERVER_DIR (mode 600); clients set
+# Any host that does not resolve only to loopback addresses needs VAELAB_SERVER_AUTH=basic:
+# the script refuses to serve a network without authentication. With it, the admin password
+# (user "admin") and the Flask secret key are generated on first start and kept in
+# $VAELAB_SERVER_DIR; everything the script creates there is private (umask 077). Clients set
 # MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD. Only the Host headers of this server are
 # accepted (--allowed-hosts). Put TLS in front (a reverse proxy) before sending passwords over a
 # network. The database password is generated too and reaches MLflow through PGPASSWORD, never a
@@ -33,19 +34,31 @@ case "$auth" in
   *) echo "VAELAB_SERVER_AUTH=$auth: use 'basic' (MLflow's basic-auth app) or leave it empty" >&2
      exit 1 ;;
 esac
-case "$host" in
-  127.* | localhost | ::1) ;;
-  *) if [ "$action" = start ] && [ "$auth" != basic ]; then
-       echo "refusing to serve $host:$port without authentication: anyone who reaches it could" \
-         "read or delete runs. Set VAELAB_SERVER_AUTH=basic (MLflow's basic-auth app, admin" \
-         "password generated into $dir/admin-password), or serve 127.0.0.1" >&2
-       exit 1
-     fi ;;
-esac
+mlflow=$(command -v mlflow) || { echo "mlflow not on PATH: activate .venv" >&2; exit 1; }
+python=$(dirname "$mlflow")/python
+[ -x "$python" ] || python=python3
+
+loopback() {  # whether every address host $1 resolves to is a loopback one (by address)
+  "$python" - "$1" <<'PY'
+import ipaddress, socket, sys
+try:
+    found = {info[4][0].split("%")[0] for info in socket.getaddrinfo(sys.argv[1], None)}
+except (socket.gaierror, UnicodeError):
+    sys.exit(1)
+sys.exit(0 if found and all(ipaddress.ip_address(a).is_loopback for a in found) else 1)
+PY
+}
+
+if [ "$action" = start ] && [ "$auth" != basic ] && ! loopback "$host"; then
+  echo "refusing to serve $host:$port without authentication: it is not (or does not resolve" \
+    "only to) a loopback address, and anyone who reaches it could read or delete runs. Set" \
+    "VAELAB_SERVER_AUTH=basic (MLflow's basic-auth app, admin password generated into" \
+    "$dir/admin-password), or serve 127.0.0.1" >&2
+  exit 1
+fi
 
 pgbin=${VAELAB_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
 [ -n "$pgbin" ] || { echo "PostgreSQL is not installed: apt-get install postgresql" >&2; exit 1; }
-mlflow=$(command -v mlflow) || { echo "mlflow not on PATH: activate .venv" >&2; exit 1; }
 
 secret() {  # a new random secret in file $1 (mode 600), unless it already holds one
   if [ ! -s "$1" ]; then
@@ -57,9 +70,14 @@ secret() {  # a new random secret in file $1 (mode 600), unless it already holds
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 start() {
+  umask 077  # the folder, the password hashes (basic_auth.db), logs and secrets: owner only
+  if [ ! -d "$dir" ]; then
+    mkdir -p "$dir"
+    # as root, the postgres system user must pass through (not list) the folder
+    if [ "$(id -u)" = 0 ]; then chmod 711 "$dir"; fi
+  fi
   artifacts=${VAELAB_ARTIFACTS:-$dir/artifacts}
   case "$artifacts" in *://*) ;; *) mkdir -p "$artifacts" ;; esac
-  mkdir -p "$dir"
   cd "$dir"  # commands run as the postgres user start in a folder it can enter
   secret "$dir/pgpassword"
   if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$dir"; then

@@ -272,3 +272,32 @@ def test_a_sweeps_grid_is_a_plan_of_its_own(tmp_path, monkeypatch):
     ]
     with pytest.raises(VaelabError, match=r"'train\.kl\.beta' is not KEY=VALUE"):
         sweep_plan("g", ["train.kl.beta"], folder, 42)
+
+
+@pytest.mark.slow
+def test_compare_reads_every_run_past_one_search_page(tmp_path, monkeypatch):
+    """1,005 runs: MLflow answers at most 1,000 per search; the newest must not be dropped."""
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("vaelab", (tmp_path / "art").as_uri())
+    for i in range(1005):
+        client.create_run(
+            experiment, tags={"sweep": "big"}, run_name=f"r{i}", start_time=10**12 + i
+        )
+    rows = compare.collect("vaelab", "big")
+    assert len(rows) == 1005 and rows[-1].values["run"] == "r1004"
+
+
+def test_the_side_by_side_figure_keeps_the_best_runs_when_there_are_many():
+    rows = [
+        compare.RunRow(f"{i:032x}", {"test_nll": str(100.0 - i % 97), "beta": "1"})
+        for i in range(200)
+    ]
+    shown = compare.shown_side_by_side(rows)
+    assert len(shown) == compare.SIDE_BY_SIDE
+    worst_shown = max(r.number("test_nll") for r in shown)
+    assert all(r.number("test_nll") >= worst_shown for r in rows if r not in shown)
+    fig = compare.side_by_side(shown, {r.run_id: {} for r in shown}, "t")
+    assert fig.get_size_inches()[1] * 100 < 2**16  # save_figure's 100 dpi
+    plt.close(fig)

@@ -30,6 +30,8 @@ from vaelab.core.errors import VaelabError
 from vaelab.report.plots import save_figure
 from vaelab.tracking.runs import KIND_TAG, tag_filter
 
+PAGE = 1000  # runs per search request (MLflow's most)
+SIDE_BY_SIDE = 40  # runs in the side-by-side figure: 3.2 inches each, far under 2^16 px
 COLUMNS = [  # (header, where, key)
     ("run", "info", "run_name"),
     ("status", "info", "status"),
@@ -76,7 +78,14 @@ def collect(experiment: str, sweep: str | None = None) -> list[RunRow]:
     if found is None:
         return []
     query = tag_filter("sweep", sweep) if sweep else ""
-    runs = client.search_runs([found.experiment_id], query, order_by=["attributes.start_time"])
+    runs, token = [], None
+    while True:  # page by page: one search answers at most PAGE runs
+        page = client.search_runs([found.experiment_id], query, max_results=PAGE,
+                                  order_by=["attributes.start_time"], page_token=token)  # fmt: skip
+        runs += page
+        token = page.token
+        if not token:
+            break
     rows = []
     for run in runs:
         if KIND_TAG in run.data.tags:  # a sweep's parent run or an earlier comparison
@@ -150,7 +159,18 @@ def validation_curves(rows: list[RunRow]) -> plt.Figure:
     return fig
 
 
-def side_by_side(rows: list[RunRow], images: dict[str, dict[str, Path | None]]) -> plt.Figure:
+def shown_side_by_side(rows: list[RunRow]) -> list[RunRow]:
+    """The runs the side-by-side figure has room for: all, or the SIDE_BY_SIDE of lowest test
+    NLL (a figure must stay under matplotlib's 2^16 pixels a side)."""
+    if len(rows) <= SIDE_BY_SIDE:
+        return rows
+    ranked = sorted(rows, key=lambda r: (r.number("test_nll") is None, r.number("test_nll") or 0))
+    return ranked[:SIDE_BY_SIDE]
+
+
+def side_by_side(
+    rows: list[RunRow], images: dict[str, dict[str, Path | None]], title: str
+) -> plt.Figure:
     """One row per run: its reconstructions figure and its prior samples figure."""
     kinds = ["reconstructions", "prior_samples"]
     fig, axes = plt.subplots(
@@ -170,7 +190,7 @@ def side_by_side(rows: list[RunRow], images: dict[str, dict[str, Path | None]]) 
             ax.set_xticks([])
             ax.set_yticks([])
         ax_row[0].set_ylabel(row.label, fontsize=11)
-    fig.suptitle("Reconstructions and prior samples of every run")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -206,9 +226,17 @@ def write_report(rows: list[RunRow], out: Path) -> list[Path]:
         save_figure(rate_distortion(rows), out / "rate_distortion.png"),
         save_figure(validation_curves(rows), out / "validation_curves.png"),
     ]
+    shown = shown_side_by_side(rows)
+    title = "Reconstructions and prior samples of every run"
+    if len(shown) < len(rows):
+        title = (
+            f"Reconstructions and prior samples: the {len(shown)} of {len(rows)} runs with the "
+            "lowest test NLL"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        images = fetch_figures(rows, Path(tmp))
-        paths.append(save_figure(side_by_side(rows, images), out / "samples_side_by_side.png"))
+        images = fetch_figures(shown, Path(tmp))
+        figure = side_by_side(shown, images, title)
+        paths.append(save_figure(figure, out / "samples_side_by_side.png"))
     return paths
 
 
