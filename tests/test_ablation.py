@@ -147,6 +147,9 @@ class FakeExecutor:
     def __init__(self, repo: Path, fail=lambda job: None, stop_after: int | None = None):
         self.repo, self.fail, self.stop_after, self.ran = repo, fail, stop_after, []
 
+    def gather(self, baseline):
+        """Its experiments all land in this repository."""
+
     def run(self, jobs):
         for job in jobs:
             if len(self.ran) == self.stop_after:

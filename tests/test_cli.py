@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,8 +30,8 @@ def test_an_unknown_command_is_refused_with_the_list(capsys):
 
 
 def test_the_console_script_is_installed():
-    script = shutil.which("vaelab")
-    assert script, "pip install -e . installs the `vaelab` script ([project.scripts])"
+    script = Path(sys.executable).with_name("vaelab")  # beside the interpreter of the venv
+    assert script.is_file(), "pip install -e . installs the `vaelab` script ([project.scripts])"
     done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and all(name in done.stdout for name in cli.COMMANDS)
 

@@ -4,6 +4,7 @@ training again, a state with nothing to resume starts clean, and a code change s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -110,3 +111,36 @@ def test_ctrl_c_or_sigterm_ends_in_one_line_a_killed_run_and_a_resumable_state(
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming MLflow run {run_id}" in resumed.stdout
     assert mlflow.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_signal_while_the_backup_is_written_waits_for_it_to_be_complete(tmp_path, monkeypatch):
+    import keras
+
+    from vaelab.core import signals
+    from vaelab.training.callbacks import Backup
+
+    def tiny() -> keras.Model:
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer="adam", loss="mse")
+        return model
+
+    model, backup = tiny(), Backup(str(tmp_path / "backup"))
+    backup.set_model(model)
+    real_save = model.save_weights
+
+    def save_while_signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # lands in the middle of the save
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(model, "save_weights", save_while_signalled)
+    signals.install()
+    try:
+        with pytest.raises(signals.Terminated):
+            backup.on_epoch_end(0)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    restored = tiny()
+    restored.load_weights(tmp_path / "backup" / "latest.weights.h5")
+    metadata = json.loads((tmp_path / "backup" / "training_metadata.json").read_text())
+    assert metadata["epoch"] == 1

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from vaelab.core import signals
 from vaelab.core.errors import VaelabError, redact
 from vaelab.core.params import Params, load_params
 from vaelab.core.quiet_tf import import_tensorflow
@@ -35,23 +36,14 @@ def os_error_message(exc: OSError) -> str:
     return f"error: {where}{what}. Nothing was half-written; {fix}."
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what a scheduler or `dvc queue kill` sends), raised where Ctrl-C would be, so
-    that both unwind the same way: runs marked killed, resume state kept."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def run_command(main: Callable[[], object]) -> None:
     """Run ``main``; turn expected failures into one message on stderr and exit 1, and Ctrl-C
     or SIGTERM into one line and exit 130 or 143."""
-    signal.signal(signal.SIGTERM, _terminate)
+    signals.install()
     try:
         main()
     except KeyboardInterrupt as exc:
-        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        signum = signal.SIGTERM if isinstance(exc, signals.Terminated) else signal.SIGINT
         print(
             f"stopped by {signal.Signals(signum).name}: nothing was half-written; run the same "
             "command again to carry on (a training resumes from its last finished epoch)",

@@ -13,13 +13,13 @@ from vaelab.core.errors import VaelabError
 
 
 @contextlib.contextmanager
-def exclusive(folder: Path, busy: str, name: str = ".lock") -> Iterator[None]:
-    """Hold ``folder`` (created if absent); if another process holds it, VaelabError with
-    ``busy``, its ``{pid}`` filled in."""
+def exclusive(folder: Path, busy: str, name: str = ".lock", wait: bool = False) -> Iterator[None]:
+    """Hold ``folder`` (created if absent); if another process holds it, wait for it, or
+    (without ``wait``) VaelabError with ``busy``, its ``{pid}`` filled in."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / name, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             raise VaelabError(busy.format(pid=handle.read().strip() or "?")) from None

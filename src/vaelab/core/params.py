@@ -254,7 +254,7 @@ class Tracking(Section):
     """How runs are logged; no DVC stage depends on it, since it changes no output."""
 
     system_metrics: bool = Field(description="CPU and memory use sampled into training runs")
-    system_metrics_interval: float = Field(ge=1, le=3600, description="seconds between samples")
+    system_metrics_interval: float = Field(ge=0.1, le=3600, description="seconds between samples")
     # Set per experiment by a sweep (`-S`), so that they travel with the experiment itself.
     sweep: str | None = Field(min_length=1, max_length=250, description="the runs' sweep tag")
     parent_run: str | None = Field(pattern=r"^[0-9a-f]{32}$", description="MLflow parent run")

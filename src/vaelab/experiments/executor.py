@@ -35,20 +35,28 @@ class Outcome:
 
 
 class Executor(Protocol):
+    def gather(self, baseline: str) -> None:
+        """Bring here the refs of ``baseline``'s experiments that finished elsewhere."""
+        ...
+
     def run(self, jobs: list[Job]) -> Iterator[Outcome]:
         """Run ``jobs``; yield each outcome as it ends, with its experiment ref in this
         repository. Jobs not yet started when the caller stops reading are not run."""
         ...
 
 
-def dvc_exp_run(job: Job) -> list[str]:
+def dvc_exp_run(job: Job, temp: bool = True) -> list[str]:
+    """The `dvc exp run` of ``job``: in a temporary copy of the workspace, or in it."""
     sets = [arg for value in job.settings for arg in ("-S", value)]
-    return ["dvc", "exp", "run", "--temp", "-n", job.name, job.stage, *sets]
+    return ["dvc", "exp", "run", *(["--temp"] if temp else []), "-n", job.name, job.stage, *sets]
 
 
 class LocalExecutor:
     def __init__(self, jobs: int = 1) -> None:
         self.jobs = jobs
+
+    def gather(self, baseline: str) -> None:
+        """Nothing to bring: every experiment runs in this repository."""
 
     def run(self, jobs: list[Job]) -> Iterator[Outcome]:
         with ThreadPoolExecutor(self.jobs) as pool:

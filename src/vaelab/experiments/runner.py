@@ -63,7 +63,9 @@ def run_plan(
     """Run what ``results`` does not answer yet, adding a row as each finishes (``after`` gets
     the rows then); returns how many were recorded. The caller holds ``job_lock`` on the
     folder of ``results`` for the whole job."""
-    todo, baseline = pending(plan, read_rows(results)), collect.baseline_commit()
+    baseline = collect.baseline_commit()
+    executor.gather(baseline)  # experiments that finished elsewhere, e.g. before a restart
+    todo = pending(plan, read_rows(results))
     by_name = {e.name: e for e in todo}
     recorded, jobs = 0, []
     for exp in todo:

@@ -11,12 +11,23 @@ import numpy as np
 
 from vaelab.core.atomic import save_model, write_text
 from vaelab.core.errors import TrainingDiverged
+from vaelab.core.signals import uninterrupted
 from vaelab.training.history import history_csv, read_history
 from vaelab.training.optim import current_learning_rate
 
 # The run's own objective at its target beta: a KL warm-up does not look like overfitting,
 # and a beta = 4 run keeps the checkpoint that is best for beta = 4.
 MONITOR = "val_objective"
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore whose epoch-end save is never cut short by Ctrl-C or SIGTERM:
+    a half-written backup would load as an empty model (Keras falls back to the previous one
+    only on an OSError)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        with uninterrupted():
+            super().on_epoch_end(epoch, logs)
 
 
 class EpochExtras(keras.callbacks.Callback):

@@ -86,6 +86,7 @@ def build_callbacks(params: Params, state: TrainingState, history, logger) -> li
 
     from vaelab.training.callbacks import (
         MONITOR,
+        Backup,
         BestCheckpoint,
         EpochExtras,
         ResumableEarlyStopping,
@@ -110,7 +111,7 @@ def build_callbacks(params: Params, state: TrainingState, history, logger) -> li
         BestCheckpoint(state.best, MONITOR, best_so_far),
         history,
         # double_checkpoint: a kill while the backup is written falls back to the one before
-        keras.callbacks.BackupAndRestore(str(state.backup), double_checkpoint=True),
+        Backup(str(state.backup), double_checkpoint=True),
         logger,
     ]
     if cfg.early_stopping.enabled:
@@ -144,26 +145,19 @@ def verified_checkpoint(state: TrainingState) -> bytes:
     return state.best.read_bytes()
 
 
-def fit(params: Params, state: TrainingState, run_id: str, history, logger) -> None:
-    """Fit (or resume fitting) the VAE; the run is marked KILLED on Ctrl-C or SIGTERM (the
-    resume state kept), FAILED on any other error."""
-
+def fit(params: Params, data: tuple, state: TrainingState, run_id: str, history, logger) -> None:
+    """Fit (or resume fitting) the VAE on ``data`` (training and validation datasets, steps
+    per epoch); the run is marked KILLED on Ctrl-C or SIGTERM (the resume state kept),
+    FAILED on any other error."""
     from vaelab.model.vae import build_vae
     from vaelab.tracking import runs
     from vaelab.training.kl_schedule import BetaSchedule
     from vaelab.training.optim import build_optimizer
-    from vaelab.training.pipeline import evaluation_dataset, training_dataset
 
-    cfg, seed, paths = params.train, params.base.seed, Artifacts.of(params)
-    x_train, _ = model_data(paths, "train", fixed_draw=False)
-    x_val, _ = model_data(paths, "val")
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    binarize = read_meta(paths)["binarize"]
-    train_ds = training_dataset(x_train, cfg.batch_size, seed, params.prepare.augment, binarize)
-    val_ds = evaluation_dataset(x_val, cfg.batch_size)
+    cfg, (train_ds, val_ds, steps_per_epoch) = params.train, data
     try:
         with distribution_strategy(cfg.distribute).scope():
-            model = build_vae(cfg, seed)
+            model = build_vae(cfg, params.base.seed)
             model.beta_schedule = BetaSchedule(cfg.kl, cfg.epochs, steps_per_epoch)
             model.compile(
                 optimizer=build_optimizer(cfg, steps_per_epoch),
@@ -194,13 +188,23 @@ def train(params: Params) -> dict[str, Any]:
     """
     import keras
 
+    # Its first import takes draws from the seeded state: it must come before the seed.
+    import vaelab.model.vae  # noqa: F401
     from vaelab.tracking import runs
     from vaelab.tracking.epochs import MlflowEpochLogger
     from vaelab.training.callbacks import MONITOR, EpochHistory
+    from vaelab.training.pipeline import evaluation_dataset, training_dataset
 
-    paths = Artifacts.of(params)
-    keras.utils.set_random_seed(params.base.seed)
+    cfg, seed, paths = params.train, params.base.seed, Artifacts.of(params)
+    keras.utils.set_random_seed(seed)
     meta = read_meta(paths)
+    x_train, _ = model_data(paths, "train", fixed_draw=False)
+    x_val, _ = model_data(paths, "val")
+    data = (
+        training_dataset(x_train, cfg.batch_size, seed, params.prepare.augment, meta["binarize"]),
+        evaluation_dataset(x_val, cfg.batch_size),
+        math.ceil(len(x_train) / cfg.batch_size),
+    )
     state = state_dir(params, meta["md5"])
     run_id = runs.start_training_run(params, meta["md5"], state.run_id)
     history = EpochHistory(state.history)
@@ -211,7 +215,7 @@ def train(params: Params) -> dict[str, Any]:
         if not state.backup.exists():  # fit starts at epoch 0: nothing before is this run's
             history.rows.clear()
             state.best.unlink(missing_ok=True)
-        fit(params, state, run_id, history, logger)
+        fit(params, data, state, run_id, history, logger)
         write_text(state.fitted, "fit returned; outputs pending\n")
 
     summary = summarize(history.rows, MONITOR)
