@@ -33,23 +33,34 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name: (what it does, an example)
 }  # fmt: skip
 
 
+def _executor(args: argparse.Namespace):
+    """Where the experiments run: this machine (``--jobs`` at once) or a Ray cluster."""
+    if args.ray is None:
+        from vaelab.experiments.executor import LocalExecutor
+
+        return LocalExecutor(args.jobs)
+    from vaelab.core.git import git
+    from vaelab.experiments.ray_executor import RayExecutor
+
+    remote = args.git_remote or git("remote", "get-url", "origin").stdout.strip()
+    return RayExecutor(args.ray, remote, args.cpus, args.gpus)
+
+
 def _sweep(args: argparse.Namespace) -> None:
-    from vaelab.experiments.executor import LocalExecutor
     from vaelab.experiments.sweep import run_sweep
 
     name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
-    print(run_sweep(name, args.set_param, LocalExecutor(args.jobs), args.out))
+    print(run_sweep(name, args.set_param, _executor(args), args.out))
 
 
 def _ablation(args: argparse.Namespace) -> None:
     from vaelab.experiments.ablation import listing, run_ablation
-    from vaelab.experiments.executor import LocalExecutor
 
     only = set(args.only.split(",")) if args.only else None
     if args.list:
         print(listing(args.plan, only))
         return
-    executor = None if args.report else LocalExecutor(args.jobs)
+    executor = None if args.report else _executor(args)
     print(f"wrote {run_ablation(args.plan, executor, only)}")
 
 
@@ -96,6 +107,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", "-j", **jobs)
     p.add_argument("--name", help="the sweep's tag (default: sweep-<time>)")
     p.add_argument("--out", type=Path, help="default: reports/sweeps/<name>")
+    for name in ("sweep", "ablation"):
+        p = sub[name]
+        p.add_argument(
+            "--ray",
+            metavar="ADDRESS",
+            help="run on the Ray cluster at ADDRESS "
+            "(HOST:PORT, or auto: the one this machine is in) instead of here",
+        )
+        p.add_argument(
+            "--git-remote",
+            help="what the cluster's nodes clone (default: origin); "
+            "the commit must be pushed there",
+        )
+        p.add_argument("--cpus", type=float, default=1, help="CPUs per experiment (Ray)")
+        p.add_argument("--gpus", type=float, help="GPUs per experiment (Ray; default: 1 where "
+                       "the cluster has GPUs, else 0)")  # fmt: skip
     p = sub["ablation"]
     p.add_argument("--plan", type=Path, default=ABLATION / "variants.yaml", help="a plan file")
     p.add_argument("--only", help="comma-separated variant names")
