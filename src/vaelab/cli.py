@@ -104,11 +104,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub["sweep"]
     p.add_argument("-S", "--set-param", action="append", required=True,
                    help="KEY=V1,V2,... as for `dvc exp run -S`; several make a grid")  # fmt: skip
-    p.add_argument("--jobs", "-j", **jobs)
     p.add_argument("--name", help="the sweep's tag (default: sweep-<time>)")
     p.add_argument("--out", type=Path, help="default: reports/sweeps/<name>")
     for name in ("sweep", "ablation"):
         p = sub[name]
+        p.add_argument("--jobs", "-j", **jobs)
         p.add_argument(
             "--ray",
             metavar="ADDRESS",
@@ -128,7 +128,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated variant names")
     p.add_argument("--list", action="store_true", help="list the runs and which are done")
     p.add_argument("--report", action="store_true", help="render the report only, run nothing")
-    p.add_argument("--jobs", "-j", **jobs)
     for name in ("compare", "register"):
         sub[name].add_argument("--experiment", help="default: base.experiment of params.yaml")
     sub["compare"].add_argument("--sweep", help="only runs tagged sweep=NAME")

@@ -35,8 +35,8 @@ def tracking_uri(environ: Mapping[str, str] = os.environ, cwd: Path | None = Non
     return uri
 
 
-def without_credentials(uri: str) -> tuple[str, str | None, str | None]:
-    """``uri`` without its user and password, and those two (None where absent)."""
+def without_credentials(uri: str) -> tuple[str, str | None, str]:
+    """``uri`` without its user and password, and those two (None and "" where absent)."""
     parts = urlsplit(uri)
     try:
         parts.port  # noqa: B018 -- validates it
@@ -46,7 +46,7 @@ def without_credentials(uri: str) -> tuple[str, str | None, str | None]:
             "to use the local store"
         ) from None
     if parts.username is None:
-        return uri, None, None
+        return uri, None, ""
     bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     return bare, unquote(parts.username), unquote(parts.password or "")
 
@@ -91,7 +91,7 @@ def connect(require: bool = False, environ: MutableMapping[str, str] = os.enviro
     uri, user, password = without_credentials(tracking_uri(environ))
     if user is not None:
         environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": user,
-                        "MLFLOW_TRACKING_PASSWORD": password or ""})  # fmt: skip
+                        "MLFLOW_TRACKING_PASSWORD": password})  # fmt: skip
     for name, value in HTTP_LIMITS.items():
         environ.setdefault(name, value)
     if require:
