@@ -127,6 +127,8 @@ class RayExecutor:
                 job = pending.pop(done)
                 try:
                     ok, log, seconds = ray.get(done)
+                except ray.exceptions.RayTaskError as exc:  # the task's own code (e.g. git)
+                    ok, log, seconds = False, f"error: {exc.cause}", 0.0
                 except ray.exceptions.RayError as exc:  # every attempt's node died
                     ok, log, seconds = False, f"error: the cluster lost every attempt: {exc}", 0.0
                 if ok:
