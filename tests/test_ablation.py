@@ -23,9 +23,9 @@ from vaelab.core.errors import VaelabError
 from vaelab.core.overrides import nested, split_override
 from vaelab.core.params import load_params
 from vaelab.core.paths import ABLATION
-from vaelab.experiments import collect, report
+from vaelab.executors import Outcome
+from vaelab.experiments import report, results
 from vaelab.experiments.ablation import RESULTS
-from vaelab.experiments.executor import Outcome
 from vaelab.experiments.plan import load_plan
 from vaelab.experiments.report import render
 from vaelab.experiments.results import OK, answer, job_lock, read_rows
@@ -159,7 +159,7 @@ class FakeExecutor:
             if log is None:
                 settings = {k: yaml.safe_load(v) for k, v in map(split_override, job.settings)}
                 params = load_params(self.repo / "params.yaml").replace(nested(settings))
-                ref = collect.ref_of(job.name, collect.baseline_commit())
+                ref = results.ref_of(job.name, results.baseline_commit())
                 commit_ref(self.repo, ref, _results(params))
             yield Outcome(job, log is None, log or "", 1.0)
 
@@ -232,26 +232,26 @@ def test_only_a_diverging_training_is_recorded_as_a_result(repo):
 
 def test_results_come_from_the_exact_ref_with_the_plans_params(repo):
     plan = _plan(repo / "abl", {**TINY_PLAN, "variants": TINY_PLAN["variants"][1:]})
-    exp, head = plan.experiments[0], collect.baseline_commit()
+    exp, head = plan.experiments[0], results.baseline_commit()
     # the same name under another baseline, with other numbers, is never read
     other = "f" * 40
-    commit_ref(repo, collect.ref_of(exp.name, other), _results(exp.params.replace(
+    commit_ref(repo, results.ref_of(exp.name, other), _results(exp.params.replace(
         {"train": {"kl": {"beta": 4.0}}})))  # fmt: skip
     # a finished experiment whose row was lost is recorded without running it again
-    commit_ref(repo, collect.ref_of(exp.name, head), _results(exp.params))
+    commit_ref(repo, results.ref_of(exp.name, head), _results(exp.params))
     fake = FakeExecutor(repo)
     assert _run(repo, fake, plan) == 2 and fake.ran == ["abl-beta-2-s2"]
     assert float(read_rows(repo / "abl" / RESULTS)[0]["test_nll"]) == pytest.approx(91.1)
-    assert collect.exists(collect.ref_of(exp.name, other))  # another baseline's: untouched
+    assert results.exists(results.ref_of(exp.name, other))  # another baseline's: untouched
     # an earlier definition of the same name is replaced, not read
     stale = plan.experiments[1]
-    commit_ref(repo, collect.ref_of("abl-beta-2-s3", head), _results(stale.params))
+    commit_ref(repo, results.ref_of("abl-beta-2-s3", head), _results(stale.params))
     bigger = _plan(repo / "abl", {**TINY_PLAN, "seeds": 3, "variants": TINY_PLAN["variants"][1:]})
     fake = FakeExecutor(repo)
     assert _run(repo, fake, bigger) == 1 and fake.ran == ["abl-beta-2-s3"]
     assert read_rows(repo / "abl" / RESULTS)[-1]["seed"] == "3"
     with pytest.raises(VaelabError, match=r"did not run the plan: it has base\.seed=2"):
-        collect.outputs(exp, collect.ref_of("abl-beta-2-s2", head))
+        results.outputs(exp, results.ref_of("abl-beta-2-s2", head))
 
 
 def test_a_second_job_on_the_same_folder_is_refused_until_the_first_dies(tmp_path):

@@ -36,11 +36,11 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name: (what it does, an example)
 def _executor(args: argparse.Namespace):
     """Where the experiments run: this machine (``--jobs`` at once) or a Ray cluster."""
     if args.ray is None:
-        from vaelab.experiments.executor import LocalExecutor
+        from vaelab.executors.local import LocalExecutor
 
         return LocalExecutor(args.jobs)
     from vaelab.core.git import git
-    from vaelab.experiments.ray_executor import RayExecutor
+    from vaelab.executors.ray_cluster import RayExecutor
 
     remote = args.git_remote or git("remote", "get-url", "origin").stdout.strip()
     return RayExecutor(args.ray, remote, args.cpus, args.gpus)
@@ -54,11 +54,16 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _ablation(args: argparse.Namespace) -> None:
-    from vaelab.experiments.ablation import listing, run_ablation
+    from vaelab.experiments.ablation import RESULTS, run_ablation
+    from vaelab.experiments.plan import load_plan
+    from vaelab.experiments.results import answer, read_rows
 
     only = set(args.only.split(",")) if args.only else None
-    if args.list:
-        print(listing(args.plan, only))
+    if args.list:  # every run, its stage, whether runs.csv answers it, its overrides
+        rows = read_rows(args.plan.parent / RESULTS)
+        for e in load_plan(args.plan, only).experiments:
+            done = "done" if answer(rows, e) else "to run"
+            print(f"{e.name:40s} {e.stage:9s} {done:7s} {e.overrides}")
         return
     executor = None if args.report else _executor(args)
     print(f"wrote {run_ablation(args.plan, executor, only)}")

@@ -1,9 +1,6 @@
-"""Effects of a job's variants against its baseline: mean ± standard deviation over seeds,
-and the difference of means with scipy's 95% Welch interval (unequal variances and counts).
-
-A variant "helps" or "hurts" only where the interval excludes zero; the metrics are all
-lower-is-better (nats, squared error).
-"""
+"""Effects of a job's variants against its baseline: mean ± sd over seeds, and the difference
+of means with scipy's 95% Welch interval. Every metric is lower-is-better (nats, squared
+error), and a variant "helps" or "hurts" only where the interval excludes zero."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""A job's plan as data: the baseline it starts from, the profile every run applies over it,
-and its variants, each a set of params overrides at some seeds, read from a YAML file.
-
-An experiment's identity is its seed and its *effective* overrides: every key of the stages'
-params where the run differs from the baseline (profile included), written canonically. So
-an override that repeats the baseline changes nothing, a renamed variant keeps its runs, and
-a variant at the baseline's own setting is the baseline's run.
-"""
+"""A job's plan as data (a YAML file): its baseline params, the profile every run applies
+over it, and its variants, each a set of params overrides at some seeds. An experiment is
+known by its seed and *effective* overrides (where its params differ from the baseline's), so
+a renamed variant keeps its runs and a variant at the baseline's setting is the baseline."""
 
 from __future__ import annotations
 
@@ -103,9 +99,6 @@ def experiments(spec: PlanSpec, base: Params, where: str) -> list[Experiment]:
 class Plan:
     base: Params
     experiments: list[Experiment]
-
-    def of(self, variant: str) -> list[Experiment]:
-        return [e for e in self.experiments if e.variant == variant]
 
     def variants(self) -> list[Experiment]:
         """The first experiment of each variant, in the plan's order."""

@@ -41,7 +41,7 @@ def summaries(plan: Plan, rows: Rows) -> list[Summary]:
     repeats number for number, if any."""
 
     def rows_of(variant: str) -> Rows:
-        return [r for e in plan.of(variant) if (r := answer(rows, e))]
+        return [r for e in plan.experiments if e.variant == variant and (r := answer(rows, e))]
 
     baseline = [r for r in rows_of("baseline") if r["status"] == OK]
     found, seen = [], []
@@ -58,7 +58,7 @@ def summaries(plan: Plan, rows: Rows) -> list[Summary]:
 
 def summary_csv(found: list[Summary]) -> str:
     stats = [
-        f"{c}_{s}" for c in sorted({c for s in found for c in s.means}) for s in ("mean", "sd")
+        f"{c}_{k}" for c in sorted({c for s in found for c in s.means}) for k in ("mean", "sd")
     ]
     out = io.StringIO()
     writer = csv.DictWriter(out, [*HEAD, "verdict", "same_as", *stats], lineterminator="\n")

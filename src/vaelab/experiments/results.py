@@ -1,18 +1,27 @@
-"""A job's results file: one CSV row per finished experiment, appended atomically by the one
-job that holds the folder's lock."""
+"""A job's results: each read back from its experiment (the DVC experiment ref of that name
+under the current baseline commit, never another baseline's, its params checked against the
+plan) into the results file, one CSV row per experiment, appended atomically by the one job
+that holds the folder's lock."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
+from vaelab.core.git import git
 from vaelab.core.lock import exclusive
-from vaelab.experiments.plan import Experiment
+from vaelab.core.overrides import differences, pairs
+from vaelab.core.params import validate
+from vaelab.core.paths import Artifacts
+from vaelab.experiments.plan import RESULTS, STAGES, Experiment
 
 OK = "finished"
 Rows = list[dict[str, str]]  # a results file's rows, as read
@@ -74,3 +83,53 @@ def job_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
     busy = (f"another job is writing to {folder} (process {{pid}}): wait for it to finish, or "
             "give this one another output folder")  # fmt: skip
     return exclusive(folder, busy, LOCK)
+
+
+def baseline_commit() -> str:
+    return git("rev-parse", "HEAD").stdout.strip()
+
+
+def ref_of(name: str, baseline: str) -> str:
+    """Where DVC keeps experiment ``name`` of ``baseline``."""
+    return f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
+
+
+def show(ref: str, path: str) -> str | None:
+    """``path`` as committed in ``ref``; None if either is absent."""
+    shown = git("show", f"{ref}:{path}", check=False)
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def exists(ref: str) -> bool:
+    return git("rev-parse", "--verify", "--quiet", ref, check=False).returncode == 0
+
+
+def mismatch(experiment: Experiment, ref: str) -> str:
+    """What the experiment at ``ref`` ran differently from the plan ('' if nothing)."""
+    text = show(ref, "params.yaml")
+    if text is None:
+        return "it has no params.yaml"
+    try:
+        ran = validate(yaml.safe_load(text), f"{ref}:params.yaml")
+    except (VaelabError, yaml.YAMLError):
+        return "a params.yaml this version does not accept"
+    wrong = differences(ran, experiment.params, (*RESULTS, "base"))
+    wrong.pop("base.experiment", None)
+    return " ".join(pairs(wrong))
+
+
+def outputs(experiment: Experiment, ref: str) -> dict[str, Any]:
+    """The experiment's metrics as results columns, once its params are the plan's."""
+    wrong = mismatch(experiment, ref)
+    if wrong:
+        raise VaelabError(f"experiment {experiment.name} did not run the plan: it has {wrong}")
+    paths = Artifacts.of(experiment.params)
+    found: dict[str, Any] = {}
+    for stage, path in (("train", paths.train_metrics), ("evaluate", paths.evaluate_metrics)):
+        if STAGES.index(stage) <= STAGES.index(experiment.stage):
+            text = show(ref, path.as_posix())
+            if text is None:
+                raise VaelabError(f"experiment {experiment.name} has no {path}")
+            values = json.loads(text)
+            found |= {col: values[key] for col, where, key in METRICS if where == stage}
+    return found

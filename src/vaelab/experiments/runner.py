@@ -1,10 +1,7 @@
 """One runner for every job (a sweep, the ablation): the plan's experiments not answered yet
 go to an executor, and each that finishes is collected from its experiment and recorded.
-
-Only a training that diverges is a result ("fails to train"); any other failure (a tracking
-server down, a full disk, a killed stage, a lock) stops the job with its cause and records
-nothing, so the same command later carries on from the results file.
-"""
+Only a diverged training is a result; any other failure (a server down, a full disk, a
+killed stage) stops the job with its cause and records nothing: the same command resumes."""
 
 from __future__ import annotations
 
@@ -17,10 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vaelab.core.errors import DIVERGED, VaelabError
+from vaelab.core.git import git
 from vaelab.core.overrides import differences, pairs
 from vaelab.core.params import Params
-from vaelab.experiments import collect
-from vaelab.experiments.executor import Executor, Job
+from vaelab.executors import Executor, Job
+from vaelab.experiments import results
 from vaelab.experiments.plan import Experiment, Plan
 from vaelab.experiments.results import OK, Rows, answer, append_row, read_rows
 
@@ -54,28 +52,27 @@ def pending(plan: Plan, rows: Rows) -> list[Experiment]:
 
 def run_plan(
     plan: Plan,
-    results: Path,
+    file: Path,
     executor: Executor,
     current: Params,
     extra: Iterable[str] = (),
     after: Callable[[Rows], None] = lambda rows: None,
 ) -> int:
-    """Run what ``results`` does not answer yet, adding a row as each finishes (``after`` gets
-    the rows then); returns how many were recorded. The caller holds ``job_lock`` on the
-    folder of ``results`` for the whole job."""
-    baseline = collect.baseline_commit()
+    """Run what the results ``file`` lacks, adding a row as each finishes (``after`` gets the
+    rows then); returns how many were recorded. The caller holds ``job_lock`` on its folder."""
+    baseline = results.baseline_commit()
     executor.gather(baseline)  # experiments that finished elsewhere, e.g. before a restart
-    todo = pending(plan, read_rows(results))
+    todo = pending(plan, read_rows(file))
     by_name = {e.name: e for e in todo}
     recorded, jobs = 0, []
     for exp in todo:
-        ref = collect.ref_of(exp.name, baseline)
-        if collect.exists(ref):
-            if not collect.mismatch(exp, ref):
-                after(_record(results, exp, ref, 0.0))  # it finished, its row was lost
+        ref = results.ref_of(exp.name, baseline)
+        if results.exists(ref):
+            if not results.mismatch(exp, ref):
+                after(_record(file, exp, ref, 0.0))  # it finished, its row was lost
                 recorded += 1
                 continue
-            collect.drop(ref)  # an earlier definition of this name
+            git("update-ref", "-d", ref)  # an earlier definition of this name
         sets = pairs(differences(exp.params, current))  # -S over params.yaml as it is
         jobs.append(Job(exp.name, exp.stage, (*sets, *extra)))
     for index, outcome in enumerate(executor.run(jobs), 1):
@@ -89,22 +86,22 @@ def run_plan(
                 "run the same command again: what finished is kept."
             )
         error = "" if outcome.ok else failure(outcome.log)
-        after(_record(results, exp, collect.ref_of(exp.name, baseline), outcome.seconds, error))
+        after(_record(file, exp, results.ref_of(exp.name, baseline), outcome.seconds, error))
         recorded += 1
     return recorded
 
 
-def _record(results: Path, exp: Experiment, ref: str, seconds: float, error: str = "") -> Rows:
+def _record(file: Path, exp: Experiment, ref: str, seconds: float, error: str = "") -> Rows:
     """Append ``exp``'s row: its numbers from ``ref``, or the ``error`` it diverged with."""
     return append_row(
-        results,
+        file,
         {
             "status": f"failed: {error}" if error else OK,
             "variant": exp.variant,
             "seed": exp.seed,
             "target": exp.stage,
             "overrides": exp.overrides,
-            **({} if error else collect.outputs(exp, ref)),
+            **({} if error else results.outputs(exp, ref)),
             "wall_seconds": round(seconds, 1),
             "commit": "".join(ref.split("/")[2:4])[:7],
             "cpu": cpu_name(),

@@ -1,12 +1,7 @@
-"""A sweep: a grid of params overrides run by the experiment runner, its runs grouped in
-MLflow under a parent run, then compared, and the best run registered as the champion.
-
-Every grid point is one DVC experiment `<name>-<i>-s<seed>` (`dvc exp show` lists them). Its
-params carry the sweep's name and parent run (`tracking.sweep`, `tracking.parent_run`), so
-two sweeps at once never mix their runs. Everything goes to reports/sweeps/<name>/, which one
-sweep holds at a time: its baseline, experiments.csv and the comparison report. The same
-command again runs only what experiments.csv lacks.
-"""
+"""A sweep: a grid of params overrides, each point a DVC experiment `<name>-<i>-s<seed>` run
+by the experiment runner under one MLflow parent run (both travel in the experiment's params,
+so two sweeps never mix), then compared, and the best registered as the champion. Its
+baseline, experiments.csv and report go to reports/sweeps/<name>/; the same command resumes."""
 
 from __future__ import annotations
 
@@ -21,18 +16,15 @@ from vaelab.core.errors import VaelabError
 from vaelab.core.overrides import pairs, split_override
 from vaelab.core.params import load_params
 from vaelab.core.paths import REPORTS, Artifacts
-from vaelab.experiments import collect
-from vaelab.experiments.executor import Executor
+from vaelab.executors import Executor
 from vaelab.experiments.plan import NAME, Plan, PlanSpec, VariantSpec, plan_of
-from vaelab.experiments.results import job_lock
+from vaelab.experiments.results import baseline_commit, job_lock, ref_of, show
 from vaelab.experiments.runner import run_plan
 
 
 def grid(values: list[str]) -> list[dict[str, object]]:
     """Every combination of ``-S KEY=V1,V2,...`` values (YAML, as DVC reads them)."""
-    axes = []
-    for key, choices in map(split_override, values):
-        axes.append([(key, value) for value in yaml.safe_load(f"[{choices}]")])
+    axes = [[(k, v) for v in yaml.safe_load(f"[{c}]")] for k, c in map(split_override, values)]
     return [dict(point) for point in itertools.product(*axes)]
 
 
@@ -68,9 +60,9 @@ def run_sweep(name: str, values: list[str], executor: Executor, out: Path | None
             extra = (f"tracking.sweep={name}", f"tracking.parent_run={parent.info.run_id}")
             run_plan(plan, folder / "experiments.csv", executor, params, extra)
             # DVC restores a training it has run before instead of running it: tag that run.
-            baseline, run_file = collect.baseline_commit(), Artifacts.of(params).train_run
+            baseline, run_file = baseline_commit(), Artifacts.of(params).train_run
             for exp in plan.experiments:
-                text = collect.show(collect.ref_of(exp.name, baseline), run_file.as_posix())
+                text = show(ref_of(exp.name, baseline), run_file.as_posix())
                 if text:
                     mlflow.MlflowClient().set_tag(json.loads(text)["run_id"], "sweep", name)
         compare_runs(params.base.experiment, name, folder)

@@ -1,9 +1,5 @@
-"""The executor seam: what runs a job's experiments. The runner hands it jobs and reads back
-each one's outcome as it ends; how and where they run is the executor's business.
-
-`LocalExecutor` runs each as `dvc exp run --temp` on this machine, ``jobs`` at a time, in
-this process's group, so that Ctrl-C or a kill of the job reaches them too.
-"""
+"""`LocalExecutor`: each experiment as `dvc exp run --temp` on this machine, ``jobs`` at a
+time, in this process's group, so that Ctrl-C or a kill of the job reaches them too."""
 
 from __future__ import annotations
 
@@ -12,43 +8,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
-from typing import Protocol
+
+from vaelab.executors import Job, Outcome, dvc_exp_run
 
 LOCK_BUSY = "Unable to acquire lock"  # DVC's words when another run holds the repo a moment
 LOCK_TRIES = 10
-
-
-@dataclass(frozen=True)
-class Job:
-    name: str  # the DVC experiment's
-    stage: str  # the stage it runs up to
-    settings: tuple[str, ...]  # -S values over params.yaml
-
-
-@dataclass(frozen=True)
-class Outcome:
-    job: Job
-    ok: bool
-    log: str  # what the run printed
-    seconds: float
-
-
-class Executor(Protocol):
-    def gather(self, baseline: str) -> None:
-        """Bring here the refs of ``baseline``'s experiments that finished elsewhere."""
-        ...
-
-    def run(self, jobs: list[Job]) -> Iterator[Outcome]:
-        """Run ``jobs``; yield each outcome as it ends, with its experiment ref in this
-        repository. Jobs not yet started when the caller stops reading are not run."""
-        ...
-
-
-def dvc_exp_run(job: Job, temp: bool = True) -> list[str]:
-    """The `dvc exp run` of ``job``: in a temporary copy of the workspace, or in it."""
-    sets = [arg for value in job.settings for arg in ("-S", value)]
-    return ["dvc", "exp", "run", *(["--temp"] if temp else []), "-n", job.name, job.stage, *sets]
 
 
 class LocalExecutor:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vaelab.core.git import git
 from vaelab.core.lock import exclusive
-from vaelab.experiments.executor import Job, Outcome, dvc_exp_run
+from vaelab.executors import Job, Outcome, dvc_exp_run
 
 RETRIES = 3  # attempts after a node or worker dies
 CLONES = "VAELAB_CLONES"  # where a node keeps its clone of the remote (default ~/.cache)
