@@ -136,3 +136,11 @@ def test_the_readme_is_short_and_starts_with_the_result():
     assert len(lines) <= 200
     first_screen = "\n".join(lines[:40])
     assert "![" in first_screen and "nats" in first_screen and "make repro" in first_screen
+
+
+def test_the_committed_dvc_config_names_no_remote_that_one_machine_alone_has():
+    from configobj import ConfigObj
+
+    config = ConfigObj(str(ROOT / ".dvc" / "config"))
+    urls = [section["url"] for name, section in config.items() if name.startswith("remote ")]
+    assert all(re.match(r"^[a-z0-9+]+://", url) for url in urls), urls  # ssh://, s3://, ...
