@@ -8,6 +8,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +109,12 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: f
 @pytest.fixture
 def project(tmp_path: Path, real_mirror: Path) -> Path:
     """A fresh git + DVC repository holding this project's pipeline, on a small subset."""
-    repo = tmp_path / "project"
+    return make_project(tmp_path / "project", real_mirror, tmp_path / "dvc-remote")
+
+
+def make_project(repo: Path, mirror: Path, dvc_remote: Path) -> Path:
+    """``repo``: a git + DVC repository of this project's pipeline on a small subset of the
+    MNIST in ``mirror``, its default DVC remote the folder ``dvc_remote``."""
     repo.mkdir()
     for name in (
         "dvc.yaml",
@@ -129,12 +136,12 @@ def project(tmp_path: Path, real_mirror: Path) -> Path:
     params["evaluate"].update(importance_samples=20, prior_samples=200)
     params["figures"].update(projection_points=200)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {MIRROR_ENV: str(real_mirror)}
+    env = {MIRROR_ENV: str(mirror)}
     run(["git", "init", "-q", "-b", "main"], repo)
     run(["git", "config", "user.email", "ci@vaelab.test"], repo)
     run(["git", "config", "user.name", "vaelab ci"], repo)
     run(["dvc", "init", "-q"], repo, env)
-    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], repo)
+    run(["dvc", "remote", "add", "-d", "local", str(dvc_remote)], repo)
     return repo
 
 
@@ -195,3 +202,25 @@ def tiny_workdir(tmp_path: Path, tiny_raw: Path, monkeypatch: pytest.MonkeyPatch
 def committed_params() -> Params:
     """params.yaml as committed: the single source of every default."""
     return load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path) -> Iterator[str]:
+    """A PostgreSQL-backed MLflow server on 127.0.0.1 (scripts/tracking_server.sh); its URI."""
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        pytest.skip(
+            "PostgreSQL is not installed (apt-get install postgresql); `make test` installs it"
+        )
+    # Not under pytest's private tmp_path: as root, PostgreSQL runs as the postgres user,
+    # which must be able to reach its data folder.
+    server_dir = Path(tempfile.mkdtemp(prefix="vaelab-server-"))
+    server_dir.chmod(0o755)
+    env = {
+        "VAELAB_SERVER_DIR": str(server_dir),
+        "VAELAB_SERVER_PORT": str(free_port()),
+        "VAELAB_PG_PORT": str(free_port()),
+    }
+    script = str(ROOT / "scripts" / "tracking_server.sh")
+    yield run(["bash", script, "start"], tmp_path, env, timeout=300).strip().splitlines()[-1]
+    run(["bash", script, "stop"], tmp_path, env)
+    shutil.rmtree(server_dir, ignore_errors=True)

@@ -154,3 +154,27 @@ def test_make_ui_serves_127_0_0_1_and_links_to_the_project_runs(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_a_restarted_command_resumes_its_run_and_refuses_other_params(tmp_path):
+    import mlflow
+    import pytest
+
+    from vaelab.core.errors import VaelabError
+    from vaelab.tracking.runs import KIND_TAG, start_command_run
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    job, grid = tmp_path / "sweeps" / "b", {"sweep.overrides": "train.kl.beta=0.5,2"}
+    with start_command_run("vaelab", "sweep", "b", job, grid) as first:
+        pass
+    with start_command_run("vaelab", "sweep", "b", job, grid) as again:  # e.g. after a kill
+        assert again.info.run_id == first.info.run_id
+    run = mlflow.MlflowClient().get_run(first.info.run_id)
+    assert run.data.tags[KIND_TAG] == "sweep" and run.data.tags["sweep"] == "b"
+    assert run.info.run_name == "sweep b" and run.info.status == "FINISHED"
+    with pytest.raises(VaelabError, match=r"b ran before with \{'sweep.overrides': 'train.kl"):
+        start_command_run("vaelab", "sweep", "b", job, {"sweep.overrides": "train.kl.beta=4"})
+    mlflow.delete_run(first.info.run_id)  # a deleted run is not resumed
+    with start_command_run("vaelab", "sweep", "b", job, grid) as fresh:
+        assert fresh.info.run_id != first.info.run_id
+    assert (job / "mlflow_run_id").read_text() == fresh.info.run_id

@@ -17,11 +17,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from vaelab.core.errors import VaelabError
 from vaelab.core.git import git
 from vaelab.core.lock import exclusive
 from vaelab.executors import Job, Outcome, dvc_exp_run
@@ -44,7 +46,11 @@ def run_in_clone(remote: str, commit: str, job: Job, threads: str) -> tuple[bool
     work = Path(tempfile.mkdtemp(prefix=f"vaelab-{job.name}-"))
     try:
         git("clone", "--quiet", "--no-checkout", "--reference", str(shared), remote, str(work))
-        git("checkout", "--quiet", "--detach", commit, cwd=work)
+        if git("checkout", "--quiet", "--detach", commit, cwd=work, check=False).returncode:
+            raise VaelabError(
+                f"commit {commit[:7]} is not on the git remote the nodes clone: push it there "
+                "(or name another with --git-remote), then run again"
+            )
         log = []
         for command in (dvc_exp_run(job, temp=False), ["dvc", "exp", "push", "origin", job.name]):
             ok, output = _run(command, work, threads)
@@ -57,9 +63,10 @@ def run_in_clone(remote: str, commit: str, job: Job, threads: str) -> tuple[bool
 
 
 def _run(command: list[str], cwd: Path, threads: str) -> tuple[bool, str]:
-    """``command`` in its own process group, which dies with it (a cancelled task kills it)."""
+    """``command`` in its own process group, which dies with this process (a cancelled task
+    kills it; a worker killed with its node takes it along: `leash`)."""
     proc = subprocess.Popen(
-        command,
+        [sys.executable, "-m", "vaelab.executors.leash", *command],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -33,10 +33,11 @@ def cpu_name() -> str:
 
 def failure(log: str) -> str:
     """Why a run failed, in one line: the stage's own `error:` line (DVC's last line only says
-    which stage exited), else the last line of the output."""
+    which stage exited), else DVC's last `ERROR:` line, else the last line of the output."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return (ours or lines or ["unknown error"])[-1][:300]
+    dvc = [line for line in lines if line.startswith("ERROR: ")]
+    return (ours or dvc or lines or ["unknown error"])[-1][:300]
 
 
 def pending(plan: Plan, rows: Rows) -> list[Experiment]:

@@ -45,7 +45,7 @@ def run_sweep(name: str, values: list[str], executor: Executor, out: Path | None
 
     from vaelab.tracking.compare import compare_runs
     from vaelab.tracking.registry import promote
-    from vaelab.tracking.runs import KIND_TAG, start_command_run
+    from vaelab.tracking.runs import start_command_run
     from vaelab.tracking.store import connect
 
     if not re.fullmatch(NAME, name):
@@ -54,9 +54,8 @@ def run_sweep(name: str, values: list[str], executor: Executor, out: Path | None
     with job_lock(folder):
         plan = sweep_plan(name, values, folder, params.base.seed)
         connect(require=True)
-        with start_command_run(params.base.experiment, f"sweep {name}") as parent:
-            mlflow.set_tags({"sweep": name, KIND_TAG: "sweep"})
-            mlflow.log_param("sweep.overrides", " ".join(values))
+        overrides = {"sweep.overrides": " ".join(values)}  # a restarted sweep resumes its run
+        with start_command_run(params.base.experiment, "sweep", name, folder, overrides) as parent:
             extra = (f"tracking.sweep={name}", f"tracking.parent_run={parent.info.run_id}")
             run_plan(plan, folder / "experiments.csv", executor, params, extra)
             # DVC restores a training it has run before instead of running it: tag that run.

@@ -255,8 +255,7 @@ def compare_runs(experiment: str, sweep: str | None, out: Path) -> None:
             + f" at {mlflow.get_tracking_uri()}: check the names, or MLFLOW_TRACKING_URI"
         )
     paths = write_report(rows, out)
-    with start_command_run(experiment, f"comparison {sweep or ''}".strip()):
-        mlflow.set_tags({KIND_TAG: "comparison", **({"sweep": sweep} if sweep else {})})
+    with start_command_run(experiment, "comparison", sweep):
         for path in paths:
             mlflow.log_artifact(str(path), artifact_path="comparison")
     print(table_markdown(rows))

@@ -143,15 +143,55 @@ def _check_run_in_store(run_id: str, uri: str, run_file: Path) -> None:
         ) from None
 
 
-def start_command_run(experiment: str, name: str):
-    """The fluent run a command (compare, sweep) logs into: the one `mlflow run` created for
-    it, or a new one in ``experiment``."""
+def _kept_run(kept: Path, name: str, params: dict[str, str]) -> str | None:
+    """The run whose id ``kept`` holds if the store has it (active), and it had ``params``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = mlflow.MlflowClient().get_run(kept.read_text().strip())
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    if found.info.lifecycle_stage != "active":
+        return None
+    before = found.data.params
+    other = {k: before[k] for k, v in params.items() if before.get(k, v) != v}
+    if other:
+        raise VaelabError(
+            f"{name} ran before with {other} (its run's id is in {kept}): give this one "
+            "another name, or delete that folder to start over"
+        )
+    return found.info.run_id
+
+
+def start_command_run(
+    experiment: str,
+    kind: str,
+    sweep: str | None = None,
+    job: Path | None = None,
+    params: dict[str, str] | None = None,
+):
+    """The fluent run a command of ``kind`` (comparison, sweep) logs into, tagged with its
+    kind and ``sweep``, with its ``params``: the one `mlflow run` created for it; else the one
+    whose id the ``job``'s folder keeps (an earlier start of the same job), if the store has
+    it; else a new one in ``experiment``, its id then kept in ``job``."""
     import mlflow
 
-    adopted = adopt_project_run()
-    if adopted:
-        return mlflow.start_run(run_id=adopted)
-    return mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=name)
+    name = f"{kind} {sweep or ''}".strip()
+
+    params, kept = params or {}, job / "mlflow_run_id" if job else None
+    run_id = adopt_project_run() or (kept and kept.exists() and _kept_run(kept, name, params))
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=name)
+        if kept:
+            write_text(kept, run.info.run_id)
+    mlflow.set_tags({KIND_TAG: kind, **({"sweep": sweep} if sweep else {})})
+    mlflow.log_params(params)
+    return run
 
 
 def last_logged_epoch(run_id: str) -> int:
