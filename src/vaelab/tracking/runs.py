@@ -179,9 +179,8 @@ def start_command_run(
     it; else a new one in ``experiment``, its id then kept in ``job``."""
     import mlflow
 
-    name = f"{kind} {sweep or ''}".strip()
-
-    params, kept = params or {}, job / "mlflow_run_id" if job else None
+    name, params = f"{kind} {sweep or ''}".strip(), params or {}
+    kept = job / "mlflow_run_id" if job else None
     run_id = adopt_project_run() or (kept and kept.exists() and _kept_run(kept, name, params))
     if run_id:
         run = mlflow.start_run(run_id=run_id)
