@@ -125,3 +125,19 @@ def test_changing_the_binarization_code_makes_train_and_evaluate_stale(project, 
         assert stage in status, f"{stage} not reported changed: {status}"
     assert "fetch" not in status and "classifier" not in status
     shutil.rmtree(project / ".dvc" / "tmp", ignore_errors=True)
+
+
+def test_the_lock_records_the_code_in_the_tree_and_not_its_bytecode():
+    """dvc.lock's hashes of each stage's code deps are those of the .py files here, whatever
+    __pycache__ this interpreter wrote on import (a fresh clone's `dvc status` is then clean
+    but for the data its cache lacks)."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        stale = [
+            f"{stage.addressing}: {dep.def_path}"
+            for stage in repo.index.stages
+            for dep in stage.deps
+            if str(dep.def_path).startswith("src/") and dep.get_hash() != dep.hash_info
+        ]
+    assert not stale, f"re-run these stages (dvc repro) and commit dvc.lock: {stale}"
