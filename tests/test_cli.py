@@ -41,3 +41,17 @@ def test_a_bad_sweep_name_fails_with_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as done:
         cli.main(["sweep", "-S", "train.kl.beta=1,2", "--name", "a/b"])
     assert "--name 'a/b'" in str(done.value.code)
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """`vaelab ... | head` stops the command with 141, as cat does, and no error message."""
+    script = (
+        "from vaelab.core.cli import run_command\n"
+        "run_command(lambda: [print(i) for i in range(10**6)])"
+    )
+    pipeline = f'{sys.executable} -c "$0" | head -1; echo "${{PIPESTATUS[0]}}" >&2'
+    done = subprocess.run(
+        ["bash", "-c", pipeline, script], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout == "0\n"
+    assert done.stderr == "141\n"

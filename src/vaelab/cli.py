@@ -13,6 +13,7 @@ from pathlib import Path
 from vaelab.core.cli import run_command
 from vaelab.core.params import load_params
 from vaelab.core.paths import ABLATION, REPORTS
+from vaelab.serving.server import HOST, PORT, TIMEOUT
 
 COMMANDS: dict[str, tuple[str, str]] = {  # name: (what it does, an example)
     "sweep": ("run a grid of params overrides as DVC experiments, tracked in MLflow under one "
@@ -30,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name: (what it does, an example)
            "VAELAB_UI_PORT=5001 vaelab ui"),
     "outbox": ("send what a stage kept in its outbox while the tracking server was away",
                "vaelab outbox"),
+    "serve": ("serve the champion (or --model URI) over HTTP with `mlflow models serve`: "
+              "reconstruct, encode, decode, sample and score (docs/serving.md)",
+              "vaelab serve --port 5001"),
 }  # fmt: skip
 
 
@@ -98,6 +102,13 @@ def _outbox(args: argparse.Namespace) -> None:
     send_kept(load_params())
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from vaelab.serving.server import champion_uri, serve
+
+    model = args.model or champion_uri(load_params().base.experiment)
+    serve(model, args.host, args.port, args.workers, args.timeout)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vaelab", description=__doc__.splitlines()[0])
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -140,12 +151,19 @@ def parser() -> argparse.ArgumentParser:
     choice = sub["register"].add_mutually_exclusive_group()
     choice.add_argument("--sweep", help="choose the best of the runs tagged sweep=NAME")
     choice.add_argument("--run", help="register this run's model")
+    p = sub["serve"]
+    p.add_argument("--model", help="a model URI (default: models:/<base.experiment>@champion)")
+    p.add_argument("--host", default=HOST, help=f"address to listen on (default {HOST})")
+    p.add_argument("--port", type=int, default=PORT, help=f"default {PORT}")
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    p.add_argument("--timeout", type=int, default=TIMEOUT,
+                   help=f"seconds a request may take (default {TIMEOUT})")  # fmt: skip
     return top
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sweep": _sweep, "ablation": _ablation, "compare": _compare,
-    "register": _register, "ui": _ui, "outbox": _outbox,
+    "register": _register, "ui": _ui, "outbox": _outbox, "serve": _serve,
 }  # fmt: skip
 
 

@@ -37,8 +37,8 @@ def os_error_message(exc: OSError) -> str:
 
 
 def run_command(main: Callable[[], object]) -> None:
-    """Run ``main``; turn expected failures into one message on stderr and exit 1, and Ctrl-C
-    or SIGTERM into one line and exit 130 or 143."""
+    """Run ``main``; turn expected failures into one message on stderr and exit 1, Ctrl-C
+    or SIGTERM into one line and exit 130 or 143, and a closed output pipe into exit 141."""
     signals.install()
     try:
         main()
@@ -52,6 +52,9 @@ def run_command(main: Callable[[], object]) -> None:
         sys.exit(128 + signum)
     except VaelabError as exc:
         sys.exit(f"error: {redact(str(exc))}")
+    except BrokenPipeError:  # the reader left (`vaelab ... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        sys.exit(128 + signal.SIGPIPE)
     except OSError as exc:  # disk full, permission denied, a missing file ...
         sys.exit(redact(os_error_message(exc)))
 

@@ -18,7 +18,7 @@ from vaelab.data.prepared import load_prepared, model_data
 from vaelab.evaluation.frechet import frechet_distance
 from vaelab.evaluation.latent import activity, is_active, latent_classifier_accuracy, latent_table
 from vaelab.evaluation.likelihood import bits_per_dim, estimate
-from vaelab.model.io import encode_means, load_keras, load_vae, sample_prior
+from vaelab.model.io import encode_means, load_keras, load_vae, reconstruct, sample_prior
 
 _RECLASSIFY = "Restore it with `dvc checkout` or re-run `dvc repro classifier`"
 
@@ -55,8 +55,6 @@ def classifier_accuracy(paths: Artifacts) -> float:
 
 def evaluate(params: Params) -> dict[str, Any]:
     """Compute and write the test metrics; return them."""
-    from keras import ops
-
     cfg, paths = params.evaluate, Artifacts.of(params)
     started = time.perf_counter()
     accuracy = classifier_accuracy(paths)
@@ -68,7 +66,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     x_train, y_train = model_data(paths, "train")
     x_gray_test, _ = load_prepared(paths, "test")
     x_gray_train, _ = load_prepared(paths, "train")
-    recon = ops.convert_to_numpy(vae.predict(x_gray_test, batch_size=cfg.batch_size, verbose=0))
+    recon = reconstruct(vae, x_gray_test, cfg.batch_size)
     per_dim_activity = activity(est.z_mean)
     active = is_active(per_dim_activity)
     metrics: dict[str, Any] = {

@@ -65,6 +65,36 @@ def _batch_estimates(vae, x, k: int, chunk: int, seed):
     return math.log(k) - log_sum, recon_sum / k, kl_dims, z_mean
 
 
+class Estimator:
+    """The IWAE estimate of one model at one ``k``: compiled once, reused for every call."""
+
+    def __init__(self, vae, k: int, chunk: int = 100) -> None:
+        import tensorflow as tf
+
+        self.k = k
+        self._step = tf.function(
+            lambda xb, s: _batch_estimates(vae, xb, k, chunk, s), reduce_retracing=True
+        )
+
+    def __call__(
+        self, x: np.ndarray, batch_size: int = 100, seed: int = 0, progress: bool = False
+    ) -> Estimates:
+        """Per-image estimates for ``x``: batch ``i`` draws its samples from seed (seed, i)."""
+        import tensorflow as tf
+        from tqdm import tqdm
+
+        parts: list[tuple] = []
+        starts = range(0, len(x), batch_size)
+        for index, start in enumerate(tqdm(starts, desc=f"NLL (k={self.k})", disable=not progress)):
+            xb = tf.constant(x[start : start + batch_size])
+            seeds = tf.constant([seed, index], tf.int32)
+            parts.append(tuple(ops.convert_to_numpy(t) for t in self._step(xb, seeds)))
+        nll, recon, kl_dims, z_mean = (np.concatenate(p) for p in zip(*parts, strict=True))
+        return Estimates(
+            nll=nll, reconstruction=recon, kl=kl_dims.sum(1), kl_per_dim=kl_dims, z_mean=z_mean
+        )
+
+
 def estimate(
     vae,
     x: np.ndarray,
@@ -75,21 +105,7 @@ def estimate(
     progress: bool = True,
 ) -> Estimates:
     """Importance-sampled NLL and ELBO parts for every image in ``x`` (seeded, batched)."""
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    step = tf.function(lambda xb, s: _batch_estimates(vae, xb, k, chunk, s), reduce_retracing=True)
-    parts: list[tuple] = []
-    starts = range(0, len(x), batch_size)
-    for index, start in enumerate(tqdm(starts, desc=f"NLL (k={k})", disable=not progress)):
-        xb = tf.constant(x[start : start + batch_size])
-        parts.append(
-            tuple(ops.convert_to_numpy(t) for t in step(xb, tf.constant([seed, index], tf.int32)))
-        )
-    nll, recon, kl_dims, z_mean = (np.concatenate(p) for p in zip(*parts, strict=True))
-    return Estimates(
-        nll=nll, reconstruction=recon, kl=kl_dims.sum(1), kl_per_dim=kl_dims, z_mean=z_mean
-    )
+    return Estimator(vae, k, chunk)(x, batch_size, seed, progress)
 
 
 def bits_per_dim(nats: float, dims: int = PIXELS) -> float:

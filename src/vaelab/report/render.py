@@ -10,7 +10,14 @@ from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
 from vaelab.data.prepared import model_data, read_meta
 from vaelab.evaluation.latent import read_latent_table
-from vaelab.model.io import decode_means, encode_means, latent_dim, load_vae, sample_prior
+from vaelab.model.io import (
+    decode_means,
+    encode_means,
+    latent_dim,
+    load_vae,
+    reconstruct,
+    sample_prior,
+)
 from vaelab.report import plots
 from vaelab.training.history import read_history
 from vaelab.training.pipeline import batch_transform
@@ -36,7 +43,7 @@ def render_all(params: Params) -> dict[str, Path]:
     kl, act = read_latent_table(paths.latent_dims)
     drawn = {
         "reconstructions": plots.reconstructions(
-            x_test[: cfg.columns], vae.predict(x_test[: cfg.columns], verbose=0)
+            x_test[: cfg.columns], reconstruct(vae, x_test[: cfg.columns])
         ),
         "prior_samples": plots.grid_figure(
             sample_prior(vae, cfg.grid**2, seed),

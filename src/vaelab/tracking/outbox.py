@@ -44,7 +44,8 @@ class Delivery:
     rows: list[dict[str, float]] = field(default_factory=list)  # per-epoch, step = "epoch"
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[tuple[str, str]] = field(default_factory=list)  # (file, artifact dir)
-    model: str | None = None  # a VAE .keras file, logged as the serving MLflow model
+    model: str | None = None  # a VAE .keras file, logged as the served pyfunc model
+    model_config: dict[str, int] = field(default_factory=dict)  # its evaluate settings
     status: str | None = None  # end the run with this status once the rest is logged
     timestamp: int = field(default_factory=lambda: int(time.time() * 1000))
 
@@ -80,7 +81,7 @@ def parts(delivery: Delivery) -> list[tuple[str, Callable[[], None]]]:
             (f"artifact:{index}", lambda p=path, f=folder: client.log_artifact(run_id, p, f))
         )
     if delivery.model:
-        found.append(("model", lambda: _log_serving_model(run_id, delivery.model)))
+        found.append(("model", lambda: _log_served_model(run_id, delivery)))
     if delivery.status:
         found.append(("status", lambda: client.set_terminated(run_id, delivery.status)))
     return found
@@ -96,19 +97,13 @@ def send(delivery: Delivery, sent: set[str], record: Callable[[str], None] = lam
             record(part)
 
 
-def _log_serving_model(run_id: str, path: str) -> None:
+def _log_served_model(run_id: str, delivery: Delivery) -> None:
     import mlflow
-    import numpy as np
-    from mlflow.models import infer_signature
 
-    from vaelab.core.mnist import IMAGE_SHAPE
-    from vaelab.model.io import load_vae, reconstruction_model
+    from vaelab.serving.log import log_served_model
 
-    serving = reconstruction_model(load_vae(path))
-    example = np.zeros((1, *IMAGE_SHAPE), np.float32)
-    signature = infer_signature(example, serving.predict(example, verbose=0))
     with mlflow.start_run(run_id=run_id):
-        mlflow.keras.log_model(serving, name="model", signature=signature)
+        log_served_model(delivery.model, delivery.model_config)
 
 
 def deliver(delivery: Delivery, outbox: Path) -> bool:
@@ -151,6 +146,7 @@ def keep(delivery: Delivery, outbox: Path, sent: set[str]) -> Path:
         delivery.tags,
         [(stash(p), d) for p, d in delivery.artifacts],
         stash(delivery.model) if delivery.model else None,
+        delivery.model_config,
         delivery.status,
         delivery.timestamp,
     )

@@ -282,7 +282,8 @@ def finish_training_run(
     params: Params, run_id: str, summary: dict[str, Any], rows: list[dict[str, float]]
 ) -> None:
     """Log the epochs still unsent, the best epoch's validation numbers (``best_val_*``), the
-    training time, the model and its history, then mark the run FINISHED."""
+    training time, the history and the served model (scoring as the evaluate stage does),
+    then mark the run FINISHED."""
     paths = Artifacts.of(params)
     metrics, tags = mlflow_names(summary, "best_", SUMMARY_TAGS, {"train_seconds": "train_seconds"})
     log_to_training_run(
@@ -291,8 +292,14 @@ def finish_training_run(
         metrics=metrics,
         tags=tags,
         rows=rows,
-        artifacts=[(str(paths.train_history), "train"), (str(paths.model), "train")],
+        artifacts=[(str(paths.train_history), "train")],
         model=str(paths.model),
+        model_config={
+            "seed": params.base.seed,
+            "k": params.evaluate.importance_samples,
+            "batch_size": params.evaluate.batch_size,
+            "chunk": params.evaluate.chunk,
+        },
         status="FINISHED",
     )
 

@@ -39,7 +39,5 @@ def open_ui(params: Params) -> None:
     link = runs_url(f"http://{UI_HOST}:{port}", experiment_id)
     print(f"runs of experiment {params.base.experiment!r}: {link}\n(Ctrl-C stops the UI)")
     sys.stdout.flush()
-    os.execvp(
-        "mlflow",
-        ["mlflow", "ui", "--backend-store-uri", uri, "--host", UI_HOST, "--port", str(port)],
-    )
+    command = ["-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", UI_HOST]
+    os.execv(sys.executable, [sys.executable, *command, "--port", str(port)])

@@ -1,0 +1,62 @@
+"""Logging the served VAE into a run: the pyfunc from code, its .keras file, its contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vaelab.core.mnist import PIXELS
+from vaelab.serving.service import SAMPLES
+
+CODE = Path(__file__).with_name("model_code.py")
+NAME = "model"  # the logged model's name in its run, which the registry registers
+
+
+def signature(config: dict):
+    """Rows in, and the parameters with their defaults: what the UI and `predict` show."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),
+        params=ParamSchema(
+            [
+                ParamSpec("output", "string", "reconstruct"),
+                ParamSpec("k", "long", config["k"]),
+                ParamSpec("n", "long", SAMPLES),
+                ParamSpec("seed", "long", config["seed"]),
+            ]
+        ),
+    )
+
+
+def requirements() -> list[str]:
+    """The packages the model runs on, pinned to this environment's (vaelab itself aside:
+    install the repository at the run's commit)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "numpy", "pandas")]
+
+
+def example(path: str | Path) -> np.ndarray:
+    """Two digits the model itself draws, as two request rows (3 decimals: a readable file)."""
+    from vaelab.model.io import load_vae, sample_prior
+
+    return np.round(sample_prior(load_vae(path), 2, seed=0).reshape(2, PIXELS), 3)
+
+
+def log_served_model(path: str | Path, config: dict) -> None:
+    """Log the VAE in ``path`` as the pyfunc model ``model`` of the active run; ``config``
+    (seed, k, batch_size, chunk) is the evaluate stage's, the defaults of ``score``."""
+    import mlflow
+
+    mlflow.pyfunc.log_model(
+        name=NAME,
+        python_model=str(CODE),
+        artifacts={"vae": str(path)},
+        model_config=config,
+        signature=signature(config),
+        input_example=(example(path), {"output": "score", "k": 100}),
+        pip_requirements=requirements(),
+    )
