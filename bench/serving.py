@@ -8,20 +8,18 @@ python bench/serving.py [--model URI] [--seconds 10]   # from the project root, 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+from vaelab.core.errors import VaelabError
 from vaelab.core.mnist import PIXELS
 from vaelab.core.params import load_params
 from vaelab.core.paths import Artifacts
 from vaelab.data.prepared import model_data
 from vaelab.experiments.runner import cpu_name
-from vaelab.serving.client import Client
+from vaelab.serving.client import Client, served
 from vaelab.serving.server import champion_uri
 
 CASES = [  # (output, images per request, extra params)
@@ -57,32 +55,23 @@ def main() -> None:
     model = args.model or champion_uri(params.base.experiment)
     x, _ = model_data(Artifacts.of(params), "test", binary=True)
     x = x.reshape(len(x), PIXELS)
-    leash = [sys.executable, "-m", "vaelab.executors.leash"]
-    vaelab = str(Path(sys.executable).with_name("vaelab"))
-    command = [*leash, vaelab, "serve", "--model", model, "--port", str(args.port)]
     with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        client = Client(f"http://127.0.0.1:{args.port}")
         try:
-            client.wait_until_up(300, alive=lambda: server.poll() is None)
-            print(f"{model} on {cpu_name()}, one server worker, one request at a time\n")
-            print("| output | images per request | requests/s | images/s | latency p50 | p95 |")
-            print("|---|---|---|---|---|---|")
-            for output, batch, extra in CASES:
-                times = measure(client, x[:batch], output, extra, args.seconds)
-                rate = len(times) / sum(times)
-                p50, p95 = (statistics.quantiles(times, n=20)[i] for i in (9, 18))
-                label = output + "".join(f", {k} = {v}" for k, v in extra.items())
-                print(f"| {label} | {batch} | {rate:.1f} | {rate * batch:,.0f} | "
-                      f"{p50 * 1000:.1f} ms | {p95 * 1000:.1f} ms |", flush=True)  # fmt: skip
-        finally:
-            client.close()
-            if server.poll() is None:
-                os.killpg(server.pid, 15)  # the leash's group, server and all
-                server.wait(60)
-            else:
-                log.seek(0)
-                print(log.read(), file=sys.stderr)
+            with served(model, args.port, log) as client:
+                print(f"{model} on {cpu_name()}, one server worker, one request at a time\n")
+                print("| output | images per request | requests/s | images/s | latency p50 | p95 |")
+                print("|---|---|---|---|---|---|")
+                for output, batch, extra in CASES:
+                    times = measure(client, x[:batch], output, extra, args.seconds)
+                    rate = len(times) / sum(times)
+                    p50, p95 = (statistics.quantiles(times, n=20)[i] for i in (9, 18))
+                    label = output + "".join(f", {k} = {v}" for k, v in extra.items())
+                    print(f"| {label} | {batch} | {rate:.1f} | {rate * batch:,.0f} | "
+                          f"{p50 * 1000:.1f} ms | {p95 * 1000:.1f} ms |", flush=True)  # fmt: skip
+        except VaelabError:
+            log.seek(0)
+            print(log.read(), file=sys.stderr)
+            raise
 
 
 if __name__ == "__main__":

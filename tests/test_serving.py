@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from vaelab.core.paths import Artifacts
 from vaelab.data.prepared import model_data
 from vaelab.evaluation.likelihood import estimate
 from vaelab.model.io import load_vae
-from vaelab.serving.client import Client, Refused
+from vaelab.serving.client import Refused, served
 from vaelab.serving.service import MAX_DECODES
 from vaelab.tracking.registry import promote
 from vaelab.training.loop import train
@@ -113,46 +112,35 @@ def test_a_bad_request_is_refused_with_what_is_wrong(champion, case):
 
 def test_vaelab_serve_answers_each_output_and_serves_on_after_bad_requests(champion, tmp_path):
     params, rows = champion
-    port, log = free_port(), tmp_path / "server.log"
-    vaelab = Path(sys.executable).with_name("vaelab")
+    log = tmp_path / "server.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-    command = [sys.executable, "-m", "vaelab.executors.leash",  # dies with this test
-               str(vaelab), "serve", "--model", CHAMPION, "--port", str(port)]  # fmt: skip
     with log.open("w") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    client = Client(f"http://127.0.0.1:{port}")
-    try:
         try:
-            client.wait_until_up(240, alive=lambda: server.poll() is None)
-        except VaelabError as exc:
-            raise AssertionError(f"{exc}:\n{log.read_text()}") from None
-        x = rows[:5]
-        recon = np.array(client.predict(x, output="reconstruct"))
-        assert recon.shape == (5, PIXELS) and recon.min() >= 0 and recon.max() <= 1
-        mean = np.array(client.predict(x, output="encode")["mean"])
-        assert mean.shape == (5, 4)
-        np.testing.assert_allclose(client.predict(mean, output="decode"), recon, atol=1e-5)
-        samples, again, other = (
-            np.array(client.predict([[0]], output="sample", n=3, **seed))
-            for seed in ({}, {"seed": 3}, {"seed": 4})
-        )
-        assert samples.shape == (3, PIXELS)
-        np.testing.assert_array_equal(samples, again)  # seed 3 is the default (base.seed)
-        assert np.abs(samples - other).max() > 0.01
-        served = [row["nll"] for row in client.predict(x, output="score", k=30)]
-        np.testing.assert_allclose(served, _library_scores(params, x, 30).nll, rtol=1e-5)
+            with served(CHAMPION, free_port(), out, env) as client:
+                x = rows[:5]
+                recon = np.array(client.predict(x, output="reconstruct"))
+                assert recon.shape == (5, PIXELS) and recon.min() >= 0 and recon.max() <= 1
+                mean = np.array(client.predict(x, output="encode")["mean"])
+                assert mean.shape == (5, 4)
+                np.testing.assert_allclose(client.predict(mean, output="decode"), recon, atol=1e-5)
+                samples, again, other = (
+                    np.array(client.predict([[0]], output="sample", n=3, **seed))
+                    for seed in ({}, {"seed": 3}, {"seed": 4})
+                )
+                assert samples.shape == (3, PIXELS)
+                np.testing.assert_array_equal(samples, again)  # seed 3 is the default (base.seed)
+                assert np.abs(samples - other).max() > 0.01
+                scores = [row["nll"] for row in client.predict(x, output="score", k=30)]
+                np.testing.assert_allclose(scores, _library_scores(params, x, 30).nll, rtol=1e-5)
 
-        for case, (bad, extra, words) in BAD_REQUESTS.items():
-            with pytest.raises(Refused) as refused:
-                client.predict(bad, **extra)
-            assert 400 <= refused.value.status < 500, case
-            assert words in refused.value.message, (case, refused.value.message[:500])
-            assert len(client.predict(x[:1])) == 1, f"not serving after {case}"
-    finally:
-        client.close()
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)  # the leash's group: it kills all of it
-            server.wait(timeout=60)
+                for case, (bad, extra, words) in BAD_REQUESTS.items():
+                    with pytest.raises(Refused) as refused:
+                        client.predict(bad, **extra)
+                    assert 400 <= refused.value.status < 500, case
+                    assert words in refused.value.message, (case, refused.value.message[:500])
+                    assert len(client.predict(x[:1])) == 1, f"not serving after {case}"
+        except VaelabError as exc:  # a failed start, or an answer it should not have refused
+            raise AssertionError(f"{exc}:\n{log.read_text()}") from None
 
 
 def test_serve_without_a_champion_says_how_to_get_one(tiny_workdir, monkeypatch):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -68,3 +74,23 @@ class Client:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+@contextlib.contextmanager
+def served(model_uri: str, port: int, log: IO, env: dict[str, str] | None = None,
+           patience: float = 300) -> Iterator[Client]:  # fmt: skip
+    """`vaelab serve` of ``model_uri`` on 127.0.0.1:``port`` for the block, its output in
+    ``log``; on a leash, so it dies with this process too (`vaelab.executors.leash`)."""
+    vaelab = str(Path(sys.executable).with_name("vaelab"))
+    command = [sys.executable, "-m", "vaelab.executors.leash",
+               vaelab, "serve", "--model", model_uri, "--port", str(port)]  # fmt: skip
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = Client(f"http://127.0.0.1:{port}")
+    try:
+        client.wait_until_up(patience, alive=lambda: server.poll() is None)
+        yield client
+    finally:
+        client.close()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the leash's group: it kills all of it
+            server.wait(timeout=60)

@@ -7,10 +7,18 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.core.mnist import PIXELS
-from vaelab.serving.service import SAMPLES
+from vaelab.core.params import Params
+from vaelab.serving.service import OUTPUTS, SAMPLES
 
 CODE = Path(__file__).with_name("model_code.py")
 NAME = "model"  # the logged model's name in its run, which the registry registers
+
+
+def scoring_config(params: Params) -> dict[str, int]:
+    """The defaults of ``score``: the evaluate stage's seed, k and batching."""
+    cfg = params.evaluate
+    return {"seed": params.base.seed, "k": cfg.importance_samples,
+            "batch_size": cfg.batch_size, "chunk": cfg.chunk}  # fmt: skip
 
 
 def signature(config: dict):
@@ -22,7 +30,7 @@ def signature(config: dict):
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),
         params=ParamSchema(
             [
-                ParamSpec("output", "string", "reconstruct"),
+                ParamSpec("output", "string", OUTPUTS[0]),
                 ParamSpec("k", "long", config["k"]),
                 ParamSpec("n", "long", SAMPLES),
                 ParamSpec("seed", "long", config["seed"]),

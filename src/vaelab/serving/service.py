@@ -29,7 +29,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from vaelab.core.mnist import IMAGE_SHAPE, PIXELS
 
-OUTPUTS = ("reconstruct", "encode", "decode", "sample", "score")
+OUTPUTS = ("reconstruct", "encode", "decode", "sample", "score")  # the first is the default
 SAMPLES = 16  # default n of `sample`
 MAX_ROWS = 10_000  # images or latent vectors per request
 MAX_K = 10_000  # importance samples per image (the literature's k = 5000 fits)
@@ -85,7 +85,7 @@ class VAEService(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None):
         from vaelab.model import io
 
-        params = {"output": "reconstruct", **(params or {})}
+        params = {"output": OUTPUTS[0], **(params or {})}
         output = params["output"]
         if output not in OUTPUTS:
             raise refuse(f"output={output!r} is not one of {', '.join(OUTPUTS)}")

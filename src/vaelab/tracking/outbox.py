@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +139,10 @@ def keep(delivery: Delivery, outbox: Path, sent: set[str]) -> Path:
         folder.mkdir()
         return str(Path(shutil.copy(path, folder)).relative_to(partial))  # the entry moves
 
-    stored = Delivery(
-        delivery.run_id,
-        delivery.metrics,
-        delivery.rows,
-        delivery.tags,
-        [(stash(p), d) for p, d in delivery.artifacts],
-        stash(delivery.model) if delivery.model else None,
-        delivery.model_config,
-        delivery.status,
-        delivery.timestamp,
+    stored = replace(  # the same delivery, its files now the entry's own copies
+        delivery,
+        artifacts=[(stash(p), d) for p, d in delivery.artifacts],
+        model=stash(delivery.model) if delivery.model else None,
     )
     write_json(partial / _DELIVERY, asdict(stored))
     write_json(partial / _SENT, sorted(sent))

@@ -284,6 +284,8 @@ def finish_training_run(
     """Log the epochs still unsent, the best epoch's validation numbers (``best_val_*``), the
     training time, the history and the served model (scoring as the evaluate stage does),
     then mark the run FINISHED."""
+    from vaelab.serving.log import scoring_config
+
     paths = Artifacts.of(params)
     metrics, tags = mlflow_names(summary, "best_", SUMMARY_TAGS, {"train_seconds": "train_seconds"})
     log_to_training_run(
@@ -294,12 +296,7 @@ def finish_training_run(
         rows=rows,
         artifacts=[(str(paths.train_history), "train")],
         model=str(paths.model),
-        model_config={
-            "seed": params.base.seed,
-            "k": params.evaluate.importance_samples,
-            "batch_size": params.evaluate.batch_size,
-            "chunk": params.evaluate.chunk,
-        },
+        model_config=scoring_config(params),
         status="FINISHED",
     )
 
