@@ -103,6 +103,19 @@ def build_decoder(arch: Architecture) -> keras.Model:
     return keras.Model(inputs, logits, name="decoder")
 
 
+def _replicas() -> int:
+    """Replicas a tf.distribute strategy splits each batch over (their gradients are summed)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _index(variables: list, variable) -> int:
+    return next(i for i, v in enumerate(variables) if v is variable)
+
+
 @keras.saving.register_keras_serializable(package="vaelab")
 class VAE(keras.Model):
     """Trains on the loss parts of `vaelab.model.losses.vae_loss`; ``call`` reconstructs
@@ -165,28 +178,32 @@ class VAE(keras.Model):
             self.target_beta,
         )
 
-    def _record(self, parts: dict) -> dict:
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The loss of batch ``x``, for every backend's own train and test step: the parts are
+        computed here from one sampled z (``y_pred``, the reconstruction, goes unused, and the
+        compiled step drops it) and recorded in the trackers."""
+        if training and self.beta_schedule is not None and keras.backend.backend() != "jax":
+            self.beta.assign(self.beta_schedule(self.optimizer.iterations))
+        parts = self.loss_parts(x, training=training)
         for name, tracker in self.trackers.items():
             tracker.update_state(parts[name])
+        return parts["loss"] / _replicas()
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None) -> dict:
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-    def train_step(self, data):
-        import tensorflow as tf  # the TensorFlow backend's gradient tape
-
-        if self.beta_schedule is not None:
-            self.beta.assign(self.beta_schedule(self.optimizer.iterations))
-        # Under a tf.distribute strategy each replica sees a slice of the batch and the
-        # gradients are summed across replicas: scale so that the sum is the batch mean.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            parts = self.loss_parts(data, training=True)
-            scaled = parts["loss"] / replicas
-        grads = tape.gradient(scaled, self.trainable_weights)
-        self.optimizer.apply(grads, self.trainable_weights)
-        return self._record(parts)
-
-    def test_step(self, data):
-        return self._record(self.loss_parts(data, training=False))
+    def train_step(self, *args):
+        """The backend's own step; on JAX, which passes the state explicitly, the KL weight is
+        first set from the optimizer's step count in that state."""
+        if keras.backend.backend() != "jax" or self.beta_schedule is None:
+            return super().train_step(*args)
+        (trainable, non_trainable, optimizer_vars, metrics_vars), data = args
+        iterations = optimizer_vars[_index(self.optimizer.variables, self.optimizer.iterations)]
+        non_trainable = list(non_trainable)
+        non_trainable[_index(self.non_trainable_variables, self.beta)] = ops.cast(
+            self.beta_schedule(iterations), self.beta.dtype
+        )
+        return super().train_step((trainable, non_trainable, optimizer_vars, metrics_vars), data)
 
     def get_config(self) -> dict:
         return {
