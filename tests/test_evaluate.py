@@ -172,8 +172,9 @@ def test_the_bounds_graph_does_not_grow_with_k(binary_images):
     vae = _constant_vae(0.0, 0.0, logit)
 
     def graph_size(k: int, chunk: int) -> int:
-        step = tf.function(lambda xb, s: _batch_estimates(vae, xb, k, chunk, s))
-        graph = step.get_concrete_function(tf.constant(x[:8]), tf.constant([0, 0])).graph
+        step = tf.function(lambda xb, eps: _batch_estimates(vae, xb, eps, k, chunk))
+        eps = tf.zeros((k, 8, int(vae.encoder.outputs[0].shape[-1])))
+        graph = step.get_concrete_function(tf.constant(x[:8]), eps).graph
         return len(graph.as_graph_def().node)
 
     assert graph_size(1000, 1) == graph_size(10, 1)

@@ -76,6 +76,9 @@ def test_augmentation_recipes_feed_valid_images(tiny_workdir, binarize):
     params = tiny_workdir(binarize=binarize, augment=full)
     x, _ = model_data(Artifacts.of(params), "train", fixed_draw=False)
     batch = next(iter(training_dataset(x, 50, 0, params.prepare.augment, binarize))).numpy()
+    if binarize == "dynamic":  # drawn by the model, in its train step
+        vae = build_vae(params.train, 0, binarize=True)
+        batch = keras.ops.convert_to_numpy(vae.training_inputs(batch))
     assert batch.shape == (50, 28, 28, 1) and batch.min() >= 0 and batch.max() <= 1
     assert not np.array_equal(batch, x[:50])
     if binarize != "none":

@@ -59,15 +59,44 @@ def run_command(main: Callable[[], object]) -> None:
         sys.exit(redact(os_error_message(exc)))
 
 
+def use_backend(name: str) -> None:
+    """Make ``name`` the Keras backend of this process: before Keras is imported, whatever
+    KERAS_BACKEND or ~/.keras/keras.json say (params.yaml is the record of a run)."""
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != name:
+            raise VaelabError(
+                f"Keras was imported with the {keras.backend.backend()!r} backend before "
+                f"train.backend={name!r} could be set: start a new process"
+            )
+        return
+    os.environ["KERAS_BACKEND"] = name
+
+
+def training_backend(params: Params) -> str:
+    """The backend the params train on (the train, evaluate and figures stages)."""
+    return params.train.backend
+
+
+def tensorflow_backend(params: Params) -> str:
+    """TensorFlow, whatever the params (the classifier: its features are a fixed yardstick)."""
+    return "tensorflow"
+
+
 def run_stage(
-    main: Callable[[Params], object], params_file: str = "params.yaml", tensorflow: bool = False
+    main: Callable[[Params], object],
+    params_file: str = "params.yaml",
+    backend: Callable[[Params], str] | None = None,
 ) -> None:
-    """Validate params.yaml, then run the stage ``main`` as `run_command` does; a stage that
-    uses ``tensorflow`` imports it first, quietly (see `vaelab.core.quiet_tf`)."""
+    """Validate params.yaml, then run the stage ``main`` as `run_command` does. A stage that
+    uses Keras names its backend (a function of the params); TensorFlow, which the input
+    pipelines use on every backend, is imported first, quietly (see `vaelab.core.quiet_tf`)."""
 
     def stage() -> None:
         params = load_params(params_file)
-        if tensorflow:
+        if backend is not None:
+            use_backend(backend(params))
             import_tensorflow()
         main(params)
 

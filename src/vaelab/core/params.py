@@ -204,6 +204,16 @@ class Train(Section):
     run_name: str | None = Field(min_length=1, max_length=250)
     distribute: bool = Field(description="MirroredStrategy when several GPUs are visible")
     steps_per_execution: int = Field(ge=1, le=10_000, description="train steps per graph call")
+    backend: Literal["tensorflow", "jax"] = Field(description="the Keras backend of the stages")
+
+    @model_validator(mode="after")
+    def _distribute_on_tensorflow(self) -> Self:
+        if self.distribute and self.backend != "tensorflow":
+            raise ValueError(
+                f"train.distribute=true needs train.backend='tensorflow' (a tf.distribute "
+                f"strategy), not {self.backend!r}: set one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_lr_controller(self) -> Self:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -31,64 +32,76 @@ class Estimates:
     z_mean: np.ndarray  # [N, latent_dim]
 
 
-def _batch_estimates(vae, x, k: int, chunk: int, seed):
-    """The bound's parts for one batch: k samples, ``chunk`` per decoder call, in a graph loop
-    (one decoder in the graph for the full chunks, one more for a remainder)."""
-    import tensorflow as tf
-
+def _batch_estimates(vae, x, eps, k: int, chunk: int):
+    """The bound's parts for one batch, from the k standard-normal draws ``eps`` [k, batch,
+    latent]: ``chunk`` samples per decoder call in a compiled loop (one decoder in the graph for
+    the full chunks, one more for a remainder)."""
     z_mean, z_log_var = vae.encoder(x, training=False)
     batch, dim = ops.shape(z_mean)[0], ops.shape(z_mean)[1]
     std = ops.exp(0.5 * z_log_var)
 
-    def add(start, c: int, sums):
+    def add(noise, c: int, sums):
         log_sum, recon_sum = sums
-        chunk_seed = tf.random.experimental.stateless_fold_in(seed, start)
-        eps = tf.random.stateless_normal((c, batch, dim), seed=chunk_seed)
-        z = z_mean[None] + std[None] * eps
+        z = z_mean[None] + std[None] * noise
         logits = vae.decoder(ops.reshape(z, (c * batch, dim)), training=False)
         targets = ops.reshape(ops.tile(x[None], (c, 1, 1, 1, 1)), (c * batch, *x.shape[1:]))
         log_px_z = -ops.reshape(
             reconstruction_nll(targets, logits, vae.likelihood, vae.sigma), (c, batch)
         )
         log_pz = -0.5 * ops.sum(ops.square(z) + _LOG_2PI, axis=-1)
-        log_qz = -0.5 * ops.sum(ops.square(eps) + _LOG_2PI + z_log_var[None], axis=-1)
+        log_qz = -0.5 * ops.sum(ops.square(noise) + _LOG_2PI + z_log_var[None], axis=-1)
         log_sum = ops.logaddexp(log_sum, ops.logsumexp(log_px_z + log_pz - log_qz, axis=0))
         return log_sum, recon_sum - ops.sum(log_px_z, axis=0)
 
+    def full_chunk(i, sums):
+        return add(ops.slice(eps, (i * chunk, 0, 0), (chunk, batch, dim)), chunk, sums)
+
     full, rest = divmod(k, chunk)
     sums = (ops.full((batch,), -np.inf), ops.zeros((batch,)))
-    sums = ops.fori_loop(0, full, lambda i, s: add(i * chunk, chunk, s), sums)
+    if full:
+        sums = ops.fori_loop(0, full, full_chunk, sums)
     if rest:
-        sums = add(full * chunk, rest, sums)
+        sums = add(eps[full * chunk :], rest, sums)
     log_sum, recon_sum = sums
     kl_dims = kl_per_dim(z_mean, z_log_var)
     return math.log(k) - log_sum, recon_sum / k, kl_dims, z_mean
+
+
+def compiled(fn):
+    """``fn`` compiled by the Keras backend: a tf.function on TensorFlow, jax.jit on JAX."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf
+
+    return tf.function(fn, reduce_retracing=True)
+
+
+def noise(k: int, batch: int, dim: int, seed: int, index: int) -> np.ndarray:
+    """The standard-normal draws of batch ``index``: the same numbers on every backend."""
+    return np.random.default_rng([seed, index]).standard_normal((k, batch, dim), np.float32)
 
 
 class Estimator:
     """The IWAE estimate of one model at one ``k``: compiled once, reused for every call."""
 
     def __init__(self, vae, k: int, chunk: int = 100) -> None:
-        import tensorflow as tf
-
-        self.k = k
-        self._step = tf.function(
-            lambda xb, s: _batch_estimates(vae, xb, k, chunk, s), reduce_retracing=True
-        )
+        self.k, self.dim = k, int(vae.encoder.outputs[0].shape[-1])
+        self._step = compiled(lambda xb, eps: _batch_estimates(vae, xb, eps, k, chunk))
 
     def __call__(
         self, x: np.ndarray, batch_size: int = 100, seed: int = 0, progress: bool = False
     ) -> Estimates:
         """Per-image estimates for ``x``: batch ``i`` draws its samples from seed (seed, i)."""
-        import tensorflow as tf
         from tqdm import tqdm
 
         parts: list[tuple] = []
         starts = range(0, len(x), batch_size)
         for index, start in enumerate(tqdm(starts, desc=f"NLL (k={self.k})", disable=not progress)):
-            xb = tf.constant(x[start : start + batch_size])
-            seeds = tf.constant([seed, index], tf.int32)
-            parts.append(tuple(ops.convert_to_numpy(t) for t in self._step(xb, seeds)))
+            xb = x[start : start + batch_size]
+            eps = noise(self.k, len(xb), self.dim, seed, index)
+            parts.append(tuple(ops.convert_to_numpy(t) for t in self._step(xb, eps)))
         nll, recon, kl_dims, z_mean = (np.concatenate(p) for p in zip(*parts, strict=True))
         return Estimates(
             nll=nll, reconstruction=recon, kl=kl_dims.sum(1), kl_per_dim=kl_dims, z_mean=z_mean

@@ -135,6 +135,7 @@ class VAE(keras.Model):
         free_bits: float = 0.0,
         target_beta: float = 1.0,
         seed: int | None = None,
+        binarize: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -145,6 +146,9 @@ class VAE(keras.Model):
         self.free_bits = free_bits
         self.target_beta = target_beta
         self.seed = seed
+        self.binarize = binarize
+        if binarize:  # a state of its own: models saved without it load unchanged
+            self.binarizer = keras.random.SeedGenerator(None if seed is None else seed + 6)
         self.sampling = Sampling(seed=seed, name="sampling")
         self.beta_schedule = None  # training configuration, not part of the saved model
         self.beta = self.add_weight(shape=(), initializer="ones", trainable=False, name="beta")
@@ -161,8 +165,18 @@ class VAE(keras.Model):
         z_mean, _ = self.encoder(inputs, training=training)
         return ops.sigmoid(self.decoder(z_mean, training=training))
 
+    def training_inputs(self, x):
+        """Batch ``x`` as a training step sees it: with ``binarize``, a fresh Bernoulli draw
+        per pixel (p = intensity) at every step, on every backend (inside the compiled step)."""
+        if not self.binarize:
+            return x
+        return ops.cast(keras.random.uniform(ops.shape(x), seed=self.binarizer) < x, x.dtype)
+
     def loss_parts(self, x, training: bool = False) -> dict:
-        """One-sample estimates of the loss parts on batch ``x`` (targets are ``x``)."""
+        """One-sample estimates of the loss parts on batch ``x`` (targets are ``x``, drawn
+        anew first when training with ``binarize``)."""
+        if training:
+            x = self.training_inputs(x)
         z_mean, z_log_var = self.encoder(x, training=training)
         z = self.sampling([z_mean, z_log_var])
         logits = self.decoder(z, training=training)
@@ -215,6 +229,7 @@ class VAE(keras.Model):
             "free_bits": self.free_bits,
             "target_beta": self.target_beta,
             "seed": self.seed,
+            "binarize": self.binarize,
         }
 
     @classmethod
@@ -225,8 +240,9 @@ class VAE(keras.Model):
         return cls(**config)
 
 
-def build_vae(cfg: Train, seed: int) -> VAE:
-    """The VAE described by the train section of params.yaml, built on MNIST's image shape."""
+def build_vae(cfg: Train, seed: int, binarize: bool = False) -> VAE:
+    """The VAE described by the train section of params.yaml, built on MNIST's image shape;
+    ``binarize``: draw binary training inputs per step (dynamic binarization)."""
     vae = VAE(
         build_encoder(cfg.architecture),
         build_decoder(cfg.architecture),
@@ -235,6 +251,7 @@ def build_vae(cfg: Train, seed: int) -> VAE:
         free_bits=cfg.kl.free_bits,
         target_beta=cfg.kl.beta,
         seed=seed,
+        binarize=binarize,
         name="vae",
     )
     vae(ops.zeros((1, *IMAGE_SHAPE)))  # builds every sub-model before fit or BackupAndRestore

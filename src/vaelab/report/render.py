@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from keras import ops
 
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
@@ -75,8 +76,9 @@ def render_all(params: Params) -> dict[str, Path]:
         points, y_test[:n], "latent" if dim == 2 else cfg.projection
     )
     originals = model_data(paths, "train", fixed_draw=False)[0][: cfg.columns]
-    transform = batch_transform(params.prepare.augment, seed, read_meta(paths)["binarize"])
-    draws = [np.asarray(transform(originals)) if transform else originals for _ in range(3)]
+    augment = batch_transform(params.prepare.augment, seed, read_meta(paths)["binarize"])
+    seen = [vae.training_inputs(augment(originals) if augment else originals) for _ in range(3)]
+    draws = [ops.convert_to_numpy(x) for x in seen]  # as the train step sees them
     drawn["augmentation_preview"] = plots.augmentation_preview(originals, draws)
     return {
         name: plots.save_figure(fig, paths.figures / f"{name}.png") for name, fig in drawn.items()

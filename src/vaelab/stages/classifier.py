@@ -5,7 +5,7 @@ not change with the prepare params and is trained once.
 """
 
 from vaelab.core.atomic import save_model, write_json
-from vaelab.core.cli import run_stage
+from vaelab.core.cli import run_stage, tensorflow_backend
 from vaelab.core.mnist import normalize
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
@@ -29,4 +29,4 @@ def main(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, tensorflow=True)
+    run_stage(main, backend=tensorflow_backend)

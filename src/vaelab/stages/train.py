@@ -1,6 +1,6 @@
 """DVC stage `train`: the VAE, its history and metrics, tracked in an MLflow run."""
 
-from vaelab.core.cli import run_stage
+from vaelab.core.cli import run_stage, training_backend
 from vaelab.core.params import Params
 from vaelab.training.loop import train
 
@@ -14,4 +14,4 @@ def main(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, tensorflow=True)
+    run_stage(main, backend=training_backend)

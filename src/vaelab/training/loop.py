@@ -59,7 +59,7 @@ def state_dir(params: Params, data_md5: dict[str, str]) -> TrainingState:
 
 def distribution_strategy(enabled: bool, device_type: str = "GPU"):
     """MirroredStrategy over the visible devices of ``device_type`` when ``enabled`` and there
-    are several; otherwise TensorFlow's default single-device strategy."""
+    are several; otherwise TensorFlow's default single-device strategy (a no-op on JAX)."""
     import tensorflow as tf
 
     devices = tf.config.list_logical_devices(device_type)
@@ -147,17 +147,17 @@ def verified_checkpoint(state: TrainingState) -> bytes:
 
 def fit(params: Params, data: tuple, state: TrainingState, run_id: str, history, logger) -> None:
     """Fit (or resume fitting) the VAE on ``data`` (training and validation datasets, steps
-    per epoch); the run is marked KILLED on Ctrl-C or SIGTERM (the resume state kept),
-    FAILED on any other error."""
+    per epoch, the binarization mode); the run is marked KILLED on Ctrl-C or SIGTERM (the
+    resume state kept), FAILED on any other error."""
     from vaelab.model.vae import build_vae
     from vaelab.tracking import runs
     from vaelab.training.kl_schedule import BetaSchedule
     from vaelab.training.optim import build_optimizer
 
-    cfg, (train_ds, val_ds, steps_per_epoch) = params.train, data
+    cfg, (train_ds, val_ds, steps_per_epoch, binarize) = params.train, data
     try:
         with distribution_strategy(cfg.distribute).scope():
-            model = build_vae(cfg, params.base.seed)
+            model = build_vae(cfg, params.base.seed, binarize=binarize == "dynamic")
             model.beta_schedule = BetaSchedule(cfg.kl, cfg.epochs, steps_per_epoch)
             model.compile(
                 optimizer=build_optimizer(cfg, steps_per_epoch),
@@ -204,6 +204,7 @@ def train(params: Params) -> dict[str, Any]:
         training_dataset(x_train, cfg.batch_size, seed, params.prepare.augment, meta["binarize"]),
         evaluation_dataset(x_val, cfg.batch_size),
         math.ceil(len(x_train) / cfg.batch_size),
+        meta["binarize"],
     )
     state = state_dir(params, meta["md5"])
     run_id = runs.start_training_run(params, meta["md5"], state.run_id)

@@ -1,29 +1,16 @@
-"""tf.data input pipelines: shuffle, batch, augment with Keras preprocessing layers,
-binarize dynamically, prefetch. Seeded, so two runs with one seed see the same batches."""
+"""tf.data input pipelines: shuffle, batch, augment with Keras preprocessing layers, prefetch.
+Seeded, so two runs with one seed see the same batches. On every Keras backend: Keras runs its
+preprocessing layers with TensorFlow inside tf.data."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
+from keras import layers
 
 from vaelab.core.params import Augment
-
-
-class DynamicBinarization(layers.Layer):
-    """A fresh Bernoulli draw per pixel (p = intensity) every time a batch passes."""
-
-    def __init__(self, seed: int | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.built = True
-
-    def call(self, x):
-        noise = keras.random.uniform(ops.shape(x), seed=self.seed_generator)
-        return ops.cast(noise < x, x.dtype)
 
 
 def augmentation_layers(cfg: Augment, seed: int, binary: bool = False) -> list[layers.Layer]:
@@ -59,20 +46,19 @@ def augmentation_layers(cfg: Augment, seed: int, binary: bool = False) -> list[l
 
 
 def batch_transform(augment: Augment, seed: int, binarize: str) -> Callable | None:
-    """Augment, then binarize if ``binarize`` is dynamic; None when there is nothing to do.
+    """The enabled augmentations, clipped to [0, 1]; None when there are none. (Dynamic
+    binarization is drawn by the model, in its train step: `VAE.training_inputs`.)
 
     The layers' seed generators are stateful: each call draws anew, reproducibly.
     """
     steps = augmentation_layers(augment, seed, binary=binarize == "static")
-    if binarize == "dynamic":
-        steps.append(DynamicBinarization(seed=seed + 6))
     if not steps:
         return None
 
     def transform(batch):
         for step in steps:
             batch = step(batch, training=True)
-        return ops.clip(batch, 0.0, 1.0)
+        return tf.clip_by_value(batch, 0.0, 1.0)  # TensorFlow: inside tf.data on any backend
 
     return transform
 
