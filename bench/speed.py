@@ -29,26 +29,29 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_CONFIGS = {  # name: (kind, batch, jit, steps_per_execution, threads)
-    "stage, batch 128": ("stage", 128, False, 1, 0),
-    "stage, batch 128, steps_per_execution 16": ("stage", 128, False, 16, 0),
-    "bare fit, batch 128": ("bare", 128, False, 1, 0),
-    "bare fit, batch 128, XLA": ("bare", 128, True, 1, 0),
-    "bare fit, batch 128, steps_per_execution 16": ("bare", 128, False, 16, 0),
-    "bare fit, batch 128, 1 thread per op": ("bare", 128, False, 1, 1),
-    "bare fit, batch 256": ("bare", 256, False, 1, 0),
-    "bare fit, batch 512": ("bare", 512, False, 1, 0),
+TRAIN_CONFIGS = {  # name: (kind, batch, jit, steps_per_execution, threads, backend)
+    "stage, batch 128": ("stage", 128, False, 1, 0, "tensorflow"),
+    "stage, batch 128, steps_per_execution 16": ("stage", 128, False, 16, 0, "tensorflow"),
+    "stage, batch 128, steps_per_execution 16, JAX": ("stage", 128, False, 16, 0, "jax"),
+    "bare fit, batch 128": ("bare", 128, False, 1, 0, "tensorflow"),
+    "bare fit, batch 128, XLA": ("bare", 128, True, 1, 0, "tensorflow"),
+    "bare fit, batch 128, steps_per_execution 16": ("bare", 128, False, 16, 0, "tensorflow"),
+    "bare fit, batch 128, steps_per_execution 16, JAX": ("bare", 128, False, 16, 0, "jax"),
+    "bare fit, batch 128, 1 thread per op": ("bare", 128, False, 1, 1, "tensorflow"),
+    "bare fit, batch 256": ("bare", 256, False, 1, 0, "tensorflow"),
+    "bare fit, batch 512": ("bare", 512, False, 1, 0, "tensorflow"),
 }
-EVAL_CONFIGS = {  # name: (batch_size, chunk, jit)
-    "estimate, 100 images x 100 samples": (100, 100, False),
-    "estimate, 100 images x 100 samples, XLA": (100, 100, True),
-    "estimate, 50 images x 200 samples": (50, 200, False),
-    "estimate, 200 images x 50 samples": (200, 50, False),
+EVAL_CONFIGS = {  # name: (batch_size, chunk, jit, backend)
+    "estimate, 100 images x 100 samples": (100, 100, False, "tensorflow"),
+    "estimate, 100 images x 100 samples, XLA": (100, 100, True, "tensorflow"),
+    "estimate, 100 images x 100 samples, JAX": (100, 100, False, "jax"),
+    "estimate, 50 images x 200 samples": (50, 200, False, "tensorflow"),
+    "estimate, 200 images x 50 samples": (200, 50, False, "tensorflow"),
 }
 BASELINE = "bare fit, batch 128"
 
 
-def _params(images: int, epochs: int, batch: int, spe: int = 1):
+def _params(images: int, epochs: int, batch: int, spe: int = 1, backend: str = "tensorflow"):
     from vaelab.core.params import load_params
 
     base = load_params(ROOT / "params.yaml")
@@ -61,6 +64,7 @@ def _params(images: int, epochs: int, batch: int, spe: int = 1):
                 "epochs": epochs,
                 "batch_size": batch,
                 "steps_per_execution": spe,
+                "backend": backend,
                 "early_stopping": {"enabled": False},
             },
             "tracking": {"system_metrics": False},
@@ -80,7 +84,9 @@ def dense_macs(*models) -> int:
     )
 
 
-def one_training(kind: str, batch: int, jit: bool, spe: int, images: int, epochs: int) -> dict:
+def one_training(
+    kind: str, batch: int, jit: bool, spe: int, images: int, epochs: int, backend: str
+) -> dict:
     """Seconds per epoch (median after the first) of one configuration, in this process."""
     from vaelab.core.paths import Artifacts
     from vaelab.data.prepare import prepare
@@ -90,7 +96,7 @@ def one_training(kind: str, batch: int, jit: bool, spe: int, images: int, epochs
     from vaelab.training.loop import train
     from vaelab.training.optim import build_optimizer
 
-    params = _params(images, epochs, batch, spe)
+    params = _params(images, epochs, batch, spe, backend)
     os.chdir(tempfile.mkdtemp(prefix="vaelab-speed-"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     paths = Artifacts.of(params)
@@ -121,27 +127,29 @@ def one_training(kind: str, batch: int, jit: bool, spe: int, images: int, epochs
 
 
 def one_evaluation(batch: int, chunk: int, jit: bool, samples: int) -> dict:
-    """Decoder samples per second of the IWAE estimate's step (the one `estimate` runs), with
-    or without XLA, in this process."""
-    import tensorflow as tf
+    """Decoder samples per second of the IWAE estimate's step (the one `estimate` runs) on
+    this process's Keras backend (TensorFlow: with or without XLA)."""
+    import keras
 
     from vaelab.core.params import load_params
-    from vaelab.evaluation.likelihood import _batch_estimates
+    from vaelab.evaluation.likelihood import _batch_estimates, compiled, noise
     from vaelab.model.vae import build_vae
 
     params = load_params(ROOT / "params.yaml")
     vae = build_vae(params.train, seed=0)
     x = (np.random.default_rng(0).random((1000, 28, 28, 1)) < 0.2).astype("float32")
-    step = tf.function(
-        lambda xb, s: _batch_estimates(vae, xb, samples, chunk, s),
-        reduce_retracing=True,
-        jit_compile=jit,
-    )
-    seed = tf.constant([0, 0], tf.int32)
-    step(tf.constant(x[:batch]), seed)  # trace
+    eps = noise(samples, batch, params.train.architecture.latent_dim, 0, 0)
+    if jit and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.function(lambda xb, e: _batch_estimates(vae, xb, e, samples, chunk),
+                           jit_compile=True)  # fmt: skip
+    else:
+        step = compiled(lambda xb, e: _batch_estimates(vae, xb, e, samples, chunk))
+    keras.ops.convert_to_numpy(step(x[:batch], eps)[0])  # trace
     started = time.perf_counter()
     for start in range(0, len(x), batch):
-        step(tf.constant(x[start : start + batch]), seed)
+        keras.ops.convert_to_numpy(step(x[start : start + batch], eps)[0])
     seconds = time.perf_counter() - started
     return {
         "samples_per_second": len(x) * samples / seconds,
@@ -149,8 +157,8 @@ def one_evaluation(batch: int, chunk: int, jit: bool, samples: int) -> dict:
     }
 
 
-def _child(argv: list[str], threads: int) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _child(argv: list[str], threads: int, backend: str) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": backend}
     if threads:
         env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
     out = subprocess.run(
@@ -204,13 +212,13 @@ def main() -> None:
     eval_runs: dict[str, list[dict]] = {n: [] for n in chosen(EVAL_CONFIGS, first)}
     for round_ in range(args.rounds):
         for name in train_runs:
-            kind, batch, jit, spe, threads = TRAIN_CONFIGS[name]
-            spec = ["train", kind, batch, jit, spe, args.images, args.epochs]
-            train_runs[name].append(_child(spec, threads))
+            kind, batch, jit, spe, threads, backend = TRAIN_CONFIGS[name]
+            spec = ["train", kind, batch, jit, spe, args.images, args.epochs, backend]
+            train_runs[name].append(_child(spec, threads, backend))
             print(f"round {round_ + 1}: {name}: {train_runs[name][-1]}", file=sys.stderr)
         for name in eval_runs:
-            batch, chunk, jit = EVAL_CONFIGS[name]
-            eval_runs[name].append(_child(["eval", batch, chunk, jit, args.samples], 0))
+            batch, chunk, jit, backend = EVAL_CONFIGS[name]
+            eval_runs[name].append(_child(["eval", batch, chunk, jit, args.samples], 0, backend))
             print(f"round {round_ + 1}: {name}: {eval_runs[name][-1]}", file=sys.stderr)
 
     peak, cpu = peak_flops(args.peak_flops_per_cycle)
