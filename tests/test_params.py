@@ -87,6 +87,11 @@ def test_mlproject_defaults_are_params_yaml_values():
             ["batch_size=1000", "400 training images"],
         ),
         ({"train": {"epochs": 1.5}}, ["train.epochs = 1.5", "integer"]),
+        ({"train": {"backend": "torch"}}, ["train.backend = 'torch'", "'jax'"]),
+        (
+            {"train": {"backend": "jax", "distribute": True}},
+            ["train.distribute=true", "train.backend='tensorflow'"],
+        ),
         ({"train": {"architecture": {"filters": [8, 8, 8]}}}, ["train.architecture.filters"]),
         ({"fetch": {"mirrors": ["ftp.example.org"]}}, ["not a usable URL"]),
         ({"fetch": {"mirrors": ["http://example.org"]}}, ["plain http", "allow_http"]),

@@ -1,0 +1,65 @@
+"""One model on every backend: a model saved on one loads on the other in safe mode and gets
+the same test likelihood there; the stage sets the backend from params.yaml, not the
+environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_TRAIN, committed_params
+from vaelab.core.cli import use_backend
+from vaelab.core.errors import VaelabError
+
+BACKENDS = ("tensorflow", "jax")
+PROBE = """
+import json, sys
+import numpy as np
+from vaelab.core.cli import use_backend
+use_backend(sys.argv[1])
+import keras
+from vaelab.evaluation.likelihood import estimate
+from vaelab.model.io import load_vae
+x = (np.random.default_rng(0).random((30, 28, 28, 1)) < 0.3).astype(np.float32)
+vae = load_vae(sys.argv[2])
+est = estimate(vae, x, 50, batch_size=10, chunk=7, seed=3, progress=False)
+print(json.dumps({"backend": keras.backend.backend(), "nll": est.nll.tolist()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Path:
+    from vaelab.model.vae import build_vae
+
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    build_vae(committed_params().replace({"train": TINY_TRAIN}).train, 0, binarize=True).save(path)
+    return path
+
+
+def _nll_on(backend: str, model: Path) -> list[float]:
+    env = {**os.environ, "KERAS_BACKEND": "torch"}  # the environment must not win
+    done = subprocess.run([sys.executable, "-c", PROBE, backend, str(model)], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["backend"] == backend
+    return answer["nll"]
+
+
+def test_a_saved_model_scores_the_same_on_every_backend(saved_model):
+    tf_nll, jax_nll = (_nll_on(backend, saved_model) for backend in BACKENDS)
+    assert len(tf_nll) == 30
+    assert max(abs(a - b) for a, b in zip(tf_nll, jax_nll, strict=True)) < 1e-3
+
+
+def test_a_process_cannot_switch_backend_once_keras_is_loaded():
+    import keras
+
+    other = next(b for b in BACKENDS if b != keras.backend.backend())
+    with pytest.raises(VaelabError, match="start a new process"):
+        use_backend(other)
