@@ -37,6 +37,9 @@ TRAIN_CONFIGS = {  # name: (kind, batch, jit, steps_per_execution, threads, back
     "bare fit, batch 128, XLA": ("bare", 128, True, 1, 0, "tensorflow"),
     "bare fit, batch 128, steps_per_execution 16": ("bare", 128, False, 16, 0, "tensorflow"),
     "bare fit, batch 128, steps_per_execution 16, JAX": ("bare", 128, False, 16, 0, "jax"),
+    "bare loop, TensorFlow (tf.function + GradientTape)": ("loop", 128, False, 1, 0, "tensorflow"),
+    "bare loop, JAX (jax.jit + Keras stateless calls)": ("loop", 128, True, 1, 0, "jax"),
+    "bare fit, batch 256, steps_per_execution 16, JAX": ("bare", 256, False, 16, 0, "jax"),
     "bare fit, batch 128, 1 thread per op": ("bare", 128, False, 1, 1, "tensorflow"),
     "bare fit, batch 256": ("bare", 256, False, 1, 0, "tensorflow"),
     "bare fit, batch 512": ("bare", 512, False, 1, 0, "tensorflow"),
@@ -105,13 +108,17 @@ def one_training(
         train(params)
         times = [row["epoch_time"] for row in read_history(paths.train_history)]
         model = build_vae(params.train, params.base.seed)
+    elif kind == "loop":
+        x, _ = load_prepared(paths, "train")
+        model = build_vae(params.train, params.base.seed, binarize=True)
+        times = _bare_loop(model, build_optimizer(params.train, len(x) // batch), x, batch, epochs)
     else:
         x, _ = load_prepared(paths, "train")
         x = (np.random.default_rng(0).random(x.shape, dtype=np.float32) < x).astype("float32")
         model = build_vae(params.train, params.base.seed)
         model.compile(
             optimizer=build_optimizer(params.train, len(x) // batch),
-            jit_compile=jit,
+            jit_compile=True if jit else "auto",  # auto: XLA on JAX, not on a CPU-only TF
             steps_per_execution=spe,
         )
         from timing import EpochTimer
@@ -124,6 +131,63 @@ def one_training(
         "images_per_second": params.prepare.train_size / per_epoch,
         "macs_per_image": dense_macs(model.encoder, model.decoder),
     }
+
+
+def _bare_loop(model, optimizer, x: np.ndarray, batch: int, epochs: int) -> list[float]:
+    """Seconds per epoch of the framework's own training loop on ``model``'s loss (binarized
+    inside the step, as in the stage): TensorFlow's tf.function + GradientTape, or JAX's
+    jax.jit over Keras' stateless loss and optimizer calls."""
+    import keras
+
+    steps = len(x) // batch
+    optimizer.build(model.trainable_variables)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def loss(trainable, non_trainable, metrics, xb):
+            value, (_, non_trainable, metrics) = model.stateless_compute_loss(
+                trainable, non_trainable, metrics, x=xb, training=True
+            )
+            return value, (non_trainable, metrics)
+
+        @jax.jit
+        def step(state, xb):
+            trainable, non_trainable, metrics, opt_vars = state
+            (_, (non_trainable, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(
+                trainable, non_trainable, metrics, xb
+            )
+            trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+            return trainable, non_trainable, metrics, opt_vars
+
+        state = tuple(
+            [v.value for v in variables]
+            for variables in (
+                model.trainable_variables,
+                model.non_trainable_variables,
+                model.metrics_variables,
+                optimizer.variables,
+            )
+        )
+    else:
+        import tensorflow as tf
+
+        @tf.function
+        def step(state, xb):
+            with tf.GradientTape() as tape:
+                value = model.loss_parts(xb, training=True)["loss"]
+            variables = model.trainable_variables
+            optimizer.apply(tape.gradient(value, variables), variables)
+            return state
+
+        state, x = (), tf.constant(x)
+    times = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        for i in range(steps):
+            state = step(state, x[i * batch : (i + 1) * batch])
+        keras.ops.convert_to_numpy(keras.tree.flatten(state)[0] if state else 0.0)
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def one_evaluation(batch: int, chunk: int, jit: bool, samples: int) -> dict:

@@ -230,6 +230,17 @@ def test_only_a_diverging_training_is_recorded_as_a_result(repo):
         0, 2, "fails to train")  # fmt: skip
 
 
+def test_another_plans_report_names_its_own_runs_and_has_no_tuning_table(repo):
+    spec = {**TINY_PLAN, "prefix": "bk"}
+    diverged = "error: training diverged: loss nan at batch 3.\n"
+    fake = FakeExecutor(repo, fail=lambda job: diverged if job.name == "bk-beta-2-s1" else None)
+    _run(repo, fake, _plan(repo / "abl", spec))
+    render(repo / "abl", _plan(repo / "abl", spec), read_rows(repo / "abl" / RESULTS))
+    page = (repo / "abl" / "ablation.md").read_text()
+    assert "`bk-beta-2-s1` failed: training diverged" in page and "abl-" not in page
+    assert "Learning rates" not in page
+
+
 def test_results_come_from_the_exact_ref_with_the_plans_params(repo):
     plan = _plan(repo / "abl", {**TINY_PLAN, "variants": TINY_PLAN["variants"][1:]})
     exp, head = plan.experiments[0], results.baseline_commit()

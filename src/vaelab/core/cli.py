@@ -68,15 +68,20 @@ def use_backend(name: str) -> None:
         if keras.backend.backend() != name:
             raise VaelabError(
                 f"Keras was imported with the {keras.backend.backend()!r} backend before "
-                f"train.backend={name!r} could be set: start a new process"
+                f"the params' backend {name!r} could be set: start a new process"
             )
         return
     os.environ["KERAS_BACKEND"] = name
 
 
 def training_backend(params: Params) -> str:
-    """The backend the params train on (the train, evaluate and figures stages)."""
+    """The backend the params train on (the train stage)."""
     return params.train.backend
+
+
+def evaluation_backend(params: Params) -> str:
+    """The backend the params evaluate and draw on (the evaluate and figures stages)."""
+    return params.evaluate.backend
 
 
 def tensorflow_backend(params: Params) -> str:

@@ -23,6 +23,7 @@ from vaelab.core.mnist import HEIGHT, PIXELS, TEST_SIZE, TRAIN_SIZE
 
 EVALUATE_BYTES = 4 * 2**30  # one IWAE decoder call may take this much memory
 TSNE_PERPLEXITY = 30  # scikit-learn's default, which the figures stage uses
+Backend = Literal["tensorflow", "jax"]  # the Keras backends a stage can run on
 
 
 class Section(BaseModel):
@@ -204,7 +205,7 @@ class Train(Section):
     run_name: str | None = Field(min_length=1, max_length=250)
     distribute: bool = Field(description="MirroredStrategy when several GPUs are visible")
     steps_per_execution: int = Field(ge=1, le=10_000, description="train steps per graph call")
-    backend: Literal["tensorflow", "jax"] = Field(description="the Keras backend of the stages")
+    backend: Backend = Field(description="the Keras backend of the train stage")
 
     @model_validator(mode="after")
     def _distribute_on_tensorflow(self) -> Self:
@@ -239,6 +240,7 @@ class Evaluate(Section):
     batch_size: int = Field(ge=1, le=10_000)
     chunk: int = Field(ge=1, le=10_000, description="samples per decoder call")
     prior_samples: int = Field(ge=100, le=100_000, description="for the Fréchet distance")
+    backend: Backend = Field(description="the Keras backend of the evaluate and figures stages")
 
 
 class Figures(Section):

@@ -203,7 +203,9 @@ def header(plan: Plan, rows: Rows) -> list[str]:
     hours = sum(float(row["wall_seconds"]) for row in rows) / 3600
     cpus = "; ".join(sorted({row["cpu"] for row in rows})) or "none yet"
     failed = "; ".join(
-        f"`abl-{r['variant']}-s{r['seed']}` {outcome(r)}" for r in rows if r["status"] != OK
+        f"`{next(e.name for e in plan.experiments if answer([r], e))}` {outcome(r)}"
+        for r in rows
+        if r["status"] != OK
     )
     base = plan.base
     return [
@@ -229,9 +231,10 @@ def render(out: Path, plan: Plan, rows: Rows) -> None:
     save_figure(rate_distortion(found), out / "rate_distortion.png")
     generated = [*header(plan, rows), "", table, "![forest plot](forest.png)", "",
                  "![rate-distortion plane](rate_distortion.png)", "",
-                 "In numbers: [summary.csv](summary.csv); every run: [runs.csv](runs.csv).", "",
-                 "### Learning rates of the optimizers (seed 1, validation -ELBO)", "",
-                 tuning(plan, rows), ""]  # fmt: skip
+                 "In numbers: [summary.csv](summary.csv); every run: [runs.csv](runs.csv).", ""]
+    if any(e.group == TUNING for e in plan.experiments):
+        generated += ["### Learning rates of the optimizers (seed 1, validation -ELBO)", "",
+                      tuning(plan, rows), ""]  # fmt: skip
     page = out / "ablation.md"
     empty = f"# The trick ablation\n\n{START.format('ablation')}\n{END.format('ablation')}\n"
     text = page.read_text() if page.exists() else empty

@@ -1,6 +1,6 @@
 """DVC stage `evaluate`: test-set likelihood and diagnostics, as DVC metrics and in MLflow."""
 
-from vaelab.core.cli import run_stage, training_backend
+from vaelab.core.cli import run_stage, evaluation_backend
 from vaelab.core.params import Params
 from vaelab.tracking.runs import log_evaluation, training_run_id
 
@@ -18,4 +18,4 @@ def main(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, backend=training_backend)
+    run_stage(main, backend=evaluation_backend)

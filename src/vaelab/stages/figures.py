@@ -1,6 +1,6 @@
 """DVC stage `figures`: PNGs of the trained run, also attached to its MLflow run."""
 
-from vaelab.core.cli import run_stage, training_backend
+from vaelab.core.cli import run_stage, evaluation_backend
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
 from vaelab.tracking.runs import log_to_training_run, training_run_id
@@ -16,4 +16,4 @@ def main(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, backend=training_backend)
+    run_stage(main, backend=evaluation_backend)
