@@ -164,6 +164,7 @@ TINY_TRAIN = {
     "batch_size": 50,
     "architecture": {"hidden": [32], "filters": [4, 8], "dense": 16, "latent_dim": 4},
     "early_stopping": {"enabled": False},
+    "backend": "tensorflow",  # the test process's Keras (the JAX runs: test_backends.py)
 }
 
 

@@ -1,6 +1,6 @@
 """One model on every backend: a model saved on one loads on the other in safe mode and gets
-the same test likelihood there; the stage sets the backend from params.yaml, not the
-environment."""
+the same test likelihood there; the same seed trains the same on JAX (on TensorFlow, the test
+process's backend: test_train.py); the backend comes from the params, not the environment."""
 
 from __future__ import annotations
 
@@ -11,16 +11,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import TINY_TRAIN, committed_params
-from vaelab.core.cli import use_backend
+from vaelab.core.backend import use_backend
 from vaelab.core.errors import VaelabError
+from vaelab.core.paths import Artifacts
+from vaelab.training.history import read_history
+from vaelab.training.loop import train
 
 BACKENDS = ("tensorflow", "jax")
 PROBE = """
 import json, sys
 import numpy as np
-from vaelab.core.cli import use_backend
+from vaelab.core.backend import use_backend
 use_backend(sys.argv[1])
 import keras
 from vaelab.evaluation.likelihood import estimate
@@ -29,6 +33,15 @@ x = (np.random.default_rng(0).random((30, 28, 28, 1)) < 0.3).astype(np.float32)
 vae = load_vae(sys.argv[2])
 est = estimate(vae, x, 50, batch_size=10, chunk=7, seed=3, progress=False)
 print(json.dumps({"backend": keras.backend.backend(), "nll": est.nll.tolist()}))
+"""
+
+TRAIN = """
+import json, sys
+from vaelab.core.params import load_params
+from vaelab.training.loop import train
+train(load_params(sys.argv[1]))
+import keras
+print(json.dumps({"backend": keras.backend.backend()}))
 """
 
 
@@ -63,3 +76,30 @@ def test_a_process_cannot_switch_backend_once_keras_is_loaded():
     other = next(b for b in BACKENDS if b != keras.backend.backend())
     with pytest.raises(VaelabError, match="start a new process"):
         use_backend(other)
+
+
+def test_training_refuses_params_of_another_backend_than_its_process(tiny_workdir):
+    import keras
+
+    other = next(b for b in BACKENDS if b != keras.backend.backend())
+    with pytest.raises(VaelabError, match=f"backend {other!r} could be set"):
+        train(tiny_workdir(backend=other))
+
+
+def test_the_same_seed_trains_the_same_on_jax(tiny_workdir, tmp_path):
+    params = tiny_workdir(backend="jax")
+    file = tmp_path / "jax.yaml"
+    file.write_text(yaml.safe_dump(params.model_dump()))
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}  # the params must win
+    histories = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", TRAIN, str(file)], env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {"backend": "jax"}
+        rows = read_history(Artifacts.of(params).train_history)
+        histories.append([{k: v for k, v in r.items() if k != "epoch_time"} for r in rows])
+    first, again = histories
+    assert len(first) == len(again) == 2
+    for a, b in zip(first, again, strict=True):
+        assert a.keys() == b.keys() and a == pytest.approx(b, rel=1e-6)

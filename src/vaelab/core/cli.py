@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from vaelab.core import signals
+from vaelab.core.backend import use_backend
 from vaelab.core.errors import VaelabError, redact
 from vaelab.core.params import Params, load_params
 from vaelab.core.quiet_tf import import_tensorflow
@@ -57,21 +58,6 @@ def run_command(main: Callable[[], object]) -> None:
         sys.exit(128 + signal.SIGPIPE)
     except OSError as exc:  # disk full, permission denied, a missing file ...
         sys.exit(redact(os_error_message(exc)))
-
-
-def use_backend(name: str) -> None:
-    """Make ``name`` the Keras backend of this process: before Keras is imported, whatever
-    KERAS_BACKEND or ~/.keras/keras.json say (params.yaml is the record of a run)."""
-    if "keras" in sys.modules:
-        import keras
-
-        if keras.backend.backend() != name:
-            raise VaelabError(
-                f"Keras was imported with the {keras.backend.backend()!r} backend before "
-                f"the params' backend {name!r} could be set: start a new process"
-            )
-        return
-    os.environ["KERAS_BACKEND"] = name
 
 
 def training_backend(params: Params) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 
 from vaelab.classifier.network import embed, feature_extractor
 from vaelab.core.atomic import write_json, write_text
+from vaelab.core.backend import use_backend
 from vaelab.core.errors import DataFileError
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
@@ -55,6 +56,7 @@ def classifier_accuracy(paths: Artifacts) -> float:
 
 def evaluate(params: Params) -> dict[str, Any]:
     """Compute and write the test metrics; return them."""
+    use_backend(params.evaluate.backend)
     cfg, paths = params.evaluate, Artifacts.of(params)
     started = time.perf_counter()
     accuracy = classifier_accuracy(paths)

@@ -229,9 +229,17 @@ def render(out: Path, plan: Plan, rows: Rows) -> None:
     table = tricks_table(list(csv.DictReader(io.StringIO(text))))
     save_figure(forest(found), out / "forest.png")
     save_figure(rate_distortion(found), out / "rate_distortion.png")
-    generated = [*header(plan, rows), "", table, "![forest plot](forest.png)", "",
-                 "![rate-distortion plane](rate_distortion.png)", "",
-                 "In numbers: [summary.csv](summary.csv); every run: [runs.csv](runs.csv).", ""]
+    generated = [
+        *header(plan, rows),
+        "",
+        table,
+        "![forest plot](forest.png)",
+        "",
+        "![rate-distortion plane](rate_distortion.png)",
+        "",
+        "In numbers: [summary.csv](summary.csv); every run: [runs.csv](runs.csv).",
+        "",
+    ]
     if any(e.group == TUNING for e in plan.experiments):
         generated += ["### Learning rates of the optimizers (seed 1, validation -ELBO)", "",
                       tuning(plan, rows), ""]  # fmt: skip

@@ -1,6 +1,6 @@
 """DVC stage `evaluate`: test-set likelihood and diagnostics, as DVC metrics and in MLflow."""
 
-from vaelab.core.cli import run_stage, evaluation_backend
+from vaelab.core.cli import evaluation_backend, run_stage
 from vaelab.core.params import Params
 from vaelab.tracking.runs import log_evaluation, training_run_id
 

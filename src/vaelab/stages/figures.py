@@ -1,6 +1,6 @@
 """DVC stage `figures`: PNGs of the trained run, also attached to its MLflow run."""
 
-from vaelab.core.cli import run_stage, evaluation_backend
+from vaelab.core.cli import evaluation_backend, run_stage
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts
 from vaelab.tracking.runs import log_to_training_run, training_run_id

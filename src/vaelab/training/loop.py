@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from vaelab.core.atomic import atomic_write, write_json, write_text
+from vaelab.core.backend import use_backend
 from vaelab.core.errors import DataFileError
 from vaelab.core.params import Params
 from vaelab.core.paths import Artifacts, TrainingState, project_root
@@ -186,6 +187,7 @@ def train(params: Params) -> dict[str, Any]:
     Once `fit` has returned, the state says so (`TrainingState.fitted`): a failure while the
     outputs are written is repaired by the next start, which writes them without training.
     """
+    use_backend(params.train.backend)  # the params' backend, or a clear error
     import keras
 
     # Its first import takes draws from the seeded state: it must come before the seed.
