@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from vaelab.core.params import load_params
 from vaelab.core.paths import ABLATION
 from vaelab.executors import Outcome
 from vaelab.experiments import report, results
-from vaelab.experiments.ablation import RESULTS
+from vaelab.experiments.ablation import RENDER, RESULTS
 from vaelab.experiments.plan import load_plan
 from vaelab.experiments.report import render
 from vaelab.experiments.results import OK, answer, job_lock, read_rows
@@ -118,10 +119,16 @@ def _results(params) -> dict[str, str]:
     evaluate = {"nll": nll, "neg_elbo": nll + 5, "kl": 25.0, "reconstruction": nll - 20,
                 "active_units": 30, "recon_mse_grayscale": 0.006, "frechet_distance": 30.0,
                 "seconds": 9.0}  # fmt: skip
-    train = {"val_neg_elbo": nll + 6, "best_epoch": 2, "epochs": 2, "train_seconds": 17.0}
+    epochs = params.train.epochs
+    train = {"val_neg_elbo": nll + 6, "best_epoch": epochs, "epochs": epochs,
+             "train_seconds": 8.5 * epochs}  # fmt: skip
+    history = "epoch,val_neg_elbo,epoch_time\n" + "".join(
+        f"{e},{nll + 6 + 10 * (epochs - e)},8.5\n" for e in range(1, epochs + 1)
+    )
     return {"params.yaml": yaml.safe_dump(params.model_dump()),
             "results/evaluate/metrics.json": json.dumps(evaluate),
-            "results/train/metrics.json": json.dumps(train)}  # fmt: skip
+            "results/train/metrics.json": json.dumps(train),
+            "results/train/history.csv": history}  # fmt: skip
 
 
 def commit_ref(repo: Path, ref: str, files: dict[str, str]) -> None:
@@ -199,6 +206,9 @@ def test_a_stopped_job_resumes_from_its_results_and_reports_what_it_has(repo):
     assert found["beta-2"].verdict == "hurts" and found["beta-2"].exp.label == "beta = 2"
     render(repo / "abl", plan, read_rows(repo / "abl" / RESULTS))
     assert "| KL weight: beta = 2 | +0.95 [" in (repo / "abl" / "ablation.md").read_text()
+    with (repo / "abl" / "histories" / "abl-beta-2-s2.csv").open() as kept:
+        epochs = [float(v) for row in csv.DictReader(kept) for v in row.values()]
+    assert epochs == pytest.approx([1, 107.2, 8.5, 2, 97.2, 8.5])  # from its own ref
     assert (repo / "abl" / "rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -231,7 +241,7 @@ def test_only_a_diverging_training_is_recorded_as_a_result(repo):
 
 
 def test_another_plans_report_names_its_own_runs_and_has_no_tuning_table(repo):
-    spec = {**TINY_PLAN, "prefix": "bk"}
+    spec = {**TINY_PLAN, "prefix": "bk", "profile": {"evaluate.importance_samples": 200}}
     diverged = "error: training diverged: loss nan at batch 3.\n"
     fake = FakeExecutor(repo, fail=lambda job: diverged if job.name == "bk-beta-2-s1" else None)
     _run(repo, fake, _plan(repo / "abl", spec))
@@ -239,6 +249,7 @@ def test_another_plans_report_names_its_own_runs_and_has_no_tuning_table(repo):
     page = (repo / "abl" / "ablation.md").read_text()
     assert "`bk-beta-2-s1` failed: training diverged" in page and "abl-" not in page
     assert "Learning rates" not in page
+    assert "test NLL with k = 200 on all" in page  # the profile's, not baseline.yaml's
 
 
 def test_results_come_from_the_exact_ref_with_the_plans_params(repo):
@@ -381,3 +392,58 @@ def test_a_tracking_server_that_goes_away_marks_no_run_failed(project, real_mirr
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait()
+
+
+def render_plan(out, plan, rows):
+    return RENDER[plan.report](out, plan, rows)
+
+
+# --- the claims report: quality, convergence and stability per trick ------------------------
+
+CLAIMS_PLAN = {
+    "prefix": "cl", "base": "baseline.yaml", "profile": {"train.epochs": 4}, "seeds": 3,
+    "stage": "evaluate", "report": "claims", "variants": [
+        {"name": "baseline", "group": "baseline", "label": "the default", "seeds": 5},
+        {"name": "beta-1.5", "group": "KL weight", "label": "beta = {train.kl.beta:g}",
+         "set": {"train.kl.beta": 1.5}},
+        {"name": "beta-4", "group": "KL weight", "label": "beta = {train.kl.beta:g}",
+         "set": {"train.kl.beta": 4.0}},
+        *({"name": f"lr-{rate}", "group": "lr-grid", "label": "rate", "stage": "train",
+           "set": {"train.optimizer.learning_rate": rate}} for rate in (0.01, 0.03, 0.1)),
+        {"name": "diverge-beta-1.5", "group": "divergence", "label": "stressed",
+         "stage": "train", "set": {"train.kl.beta": 1.5, "train.optimizer.learning_rate": 0.03}},
+    ],
+}  # fmt: skip
+
+
+def test_the_claims_report_measures_quality_convergence_and_stability(repo):
+    diverged = "error: training diverged: loss nan at batch 3.\n"
+    high = ("train.optimizer.learning_rate=0.03", "train.optimizer.learning_rate=0.1")
+    fake = FakeExecutor(repo, fail=lambda job: diverged if set(high) & set(job.settings) else None)
+    plan = _plan(repo / "cl", CLAIMS_PLAN)
+    with job_lock(repo / "cl"):
+        run_plan(plan, repo / "cl" / RESULTS, fake, load_params())
+    page = render_plan(repo / "cl", plan, read_rows(repo / "cl" / RESULTS))
+    assert page.name == "claims.md" and (repo / "cl" / "learning_curves.png").stat().st_size
+    with (repo / "cl" / "claims.csv").open() as handle:
+        found = {row["variant"]: row for row in csv.DictReader(handle)}
+    base_nll = [90.0 + 0.1 * s for s in range(1, 6)]  # the fake's numbers, by seed and beta
+    nll = [90.5 + 0.1 * s for s in range(1, 4)]
+    assert float(found["beta-1.5"]["metric_value"]) == pytest.approx(0.4)
+    ci = stats.ttest_ind(nll, base_nll, equal_var=False).confidence_interval(0.95)
+    assert float(found["beta-1.5"]["metric_low"]) == pytest.approx(ci.low, rel=1e-5)
+    # every seed reached the target (baseline's mean final -ELBO + 1) at epoch 4, 34 s
+    assert float(found["baseline"]["target"]) == pytest.approx(np.mean(base_nll) + 7)
+    assert float(found["baseline"]["epochs_mean"]) == 4.0
+    assert float(found["beta-1.5"]["seconds_mean"]) == pytest.approx(34.0)
+    assert found["beta-4"]["never"] == "3" and found["beta-4"]["epochs_mean"] == ""
+    sd = np.std(nll, ddof=1) / np.std(base_nll, ddof=1)
+    assert float(found["beta-1.5"]["spread_value"]) == pytest.approx(sd)
+    assert float(found["beta-1.5"]["spread_low"]) < sd < float(found["beta-1.5"]["spread_high"])
+    text = page.read_text()
+    assert "Stress rate: 0.03." in text and re.search(r"\| +0\.01 \| 0 of 3 ", text)
+    for start in ("| KL weight: beta = 1.5", "| baseline: the default"):  # diverged at 0.03
+        line = next(x for x in text.splitlines() if x.startswith(start))
+        assert line.rstrip(" |").endswith("3 of 3")
+    assert "never in 3 of 3 seeds" in text
+    assert "lr-grid" not in text.split("### The stress rate")[0]

@@ -10,21 +10,22 @@ from pathlib import Path
 
 from vaelab.core.params import load_params
 from vaelab.executors import Executor
+from vaelab.experiments import claims, report
 from vaelab.experiments.plan import load_plan
-from vaelab.experiments.report import render
 from vaelab.experiments.results import job_lock, read_rows
 from vaelab.experiments.runner import run_plan
 
 RESULTS = "runs.csv"
+RENDER = {"ablation": report.render, "claims": claims.render}  # by the plan's `report`
 
 
 def run_ablation(plan_file: Path, executor: Executor | None, only: set[str] | None = None) -> Path:
-    """Run what runs.csv lacks (nothing without an ``executor``), rendering the report as each
-    run lands; returns the report page."""
+    """Run what runs.csv lacks (nothing without an ``executor``), rendering the plan's report
+    as each run lands; returns the report page."""
     out, full = plan_file.parent, load_plan(plan_file)  # the report shows every variant
     with job_lock(out):
         if executor:
             plan, tag = load_plan(plan_file, only) if only else full, ("tracking.sweep=ablation",)
-            run_plan(plan, out / RESULTS, executor, load_params(), tag, partial(render, out, full))
-        render(out, full, read_rows(out / RESULTS))
-    return out / "ablation.md"
+            after = partial(RENDER[full.report], out, full)
+            run_plan(plan, out / RESULTS, executor, load_params(), tag, after)
+        return RENDER[full.report](out, full, read_rows(out / RESULTS))

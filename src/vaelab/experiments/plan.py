@@ -44,6 +44,7 @@ class PlanSpec(_Spec):
     profile: dict[str, Any] = {}
     seeds: int | list[int]
     stage: Stage
+    report: Literal["ablation", "claims"] = "ablation"  # the page rendered from its runs
     variants: list[VariantSpec] = Field(min_length=1)
 
 
@@ -99,6 +100,7 @@ def experiments(spec: PlanSpec, base: Params, where: str) -> list[Experiment]:
 class Plan:
     base: Params
     experiments: list[Experiment]
+    report: str = "ablation"
 
     def variants(self) -> list[Experiment]:
         """The first experiment of each variant, in the plan's order."""
@@ -129,4 +131,4 @@ def plan_of(spec: PlanSpec, folder: Path, where: str, only: set[str] | None = No
         if unknown:
             raise VaelabError(f"{where} has no variant {', '.join(sorted(unknown))}")
         spec = spec.model_copy(update={"variants": [v for v in spec.variants if v.name in only]})
-    return Plan(base, experiments(spec, base, where))
+    return Plan(base, experiments(spec, base, where), spec.report)

@@ -207,7 +207,7 @@ def header(plan: Plan, rows: Rows) -> list[str]:
         for r in rows
         if r["status"] != OK
     )
-    base = plan.base
+    base = plan.experiments[0].params  # the plan's profile over its baseline
     return [
         "**Plan**: [variants.yaml](variants.yaml) over [baseline.yaml](baseline.yaml); test NLL "
         f"with k = {base.evaluate.importance_samples} on all {base.prepare.test_size:,} test "
@@ -220,9 +220,9 @@ def header(plan: Plan, rows: Rows) -> list[str]:
     ]
 
 
-def render(out: Path, plan: Plan, rows: Rows) -> None:
+def render(out: Path, plan: Plan, rows: Rows) -> Path:
     """summary.csv, both figures, ablation.md's generated part and, for the committed
-    ablation, the README's tricks table."""
+    ablation, the README's tricks table; returns the page."""
     found = summaries(plan, rows)
     text = summary_csv(found)
     write_text(out / "summary.csv", text)
@@ -249,3 +249,4 @@ def render(out: Path, plan: Plan, rows: Rows) -> None:
     write_text(page, replace_section(text, "ablation", "\n".join(generated)))
     if out.resolve() == ABLATION.resolve() and README.exists():
         write_text(README, replace_section(README.read_text(), "tricks", table))
+    return page

@@ -1,7 +1,7 @@
 """A job's results: each read back from its experiment (the DVC experiment ref of that name
 under the current baseline commit, never another baseline's, its params checked against the
 plan) into the results file, one CSV row per experiment, appended atomically by the one job
-that holds the folder's lock."""
+that holds the folder's lock; each finished run's per-epoch history is kept beside it."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ METRICS = (  # read from the experiment's committed results: (column, stage, key
 COLUMNS = ("status", "variant", "seed", "target", "overrides", *(m for m, _, _ in METRICS),
            "wall_seconds", "commit", "cpu", "finished")  # fmt: skip
 LOCK = ".job.lock"
+HISTORIES = "histories"  # <folder>/histories/<experiment>.csv: each finished run's epochs
 
 
 def read_rows(path: Path) -> Rows:
@@ -133,3 +134,15 @@ def outputs(experiment: Experiment, ref: str) -> dict[str, Any]:
             values = json.loads(text)
             found |= {col: values[key] for col, where, key in METRICS if where == stage}
     return found
+
+
+def keep_history(folder: Path, experiment: Experiment, ref: str) -> None:
+    """Copy the experiment's per-epoch history from ``ref`` into ``folder``'s histories."""
+    text = show(ref, Artifacts.of(experiment.params).train_history.as_posix())
+    if text is None:
+        raise VaelabError(f"experiment {experiment.name} has no training history")
+    write_text(history_file(folder, experiment), text)
+
+
+def history_file(folder: Path, experiment: Experiment) -> Path:
+    return folder / HISTORIES / f"{experiment.name}.csv"

@@ -93,7 +93,11 @@ def run_plan(
 
 
 def _record(file: Path, exp: Experiment, ref: str, seconds: float, error: str = "") -> Rows:
-    """Append ``exp``'s row: its numbers from ``ref``, or the ``error`` it diverged with."""
+    """Append ``exp``'s row: its numbers (and history) from ``ref``, or the ``error`` it
+    diverged with."""
+    numbers = {} if error else results.outputs(exp, ref)
+    if numbers:
+        results.keep_history(file.parent, exp, ref)
     return append_row(
         file,
         {
@@ -102,7 +106,7 @@ def _record(file: Path, exp: Experiment, ref: str, seconds: float, error: str = 
             "seed": exp.seed,
             "target": exp.stage,
             "overrides": exp.overrides,
-            **({} if error else results.outputs(exp, ref)),
+            **numbers,
             "wall_seconds": round(seconds, 1),
             "commit": "".join(ref.split("/")[2:4])[:7],
             "cpu": cpu_name(),

@@ -1,0 +1,325 @@
+"""The report of a `report: claims` plan: the tutorial's three claims (a trick makes a better
+model, that trains more stably and converges faster) measured per variant against the
+baseline, each with its 95% interval and a verdict only where the interval excludes no change.
+
+- quality: the variant's metric (test NLL) and the Fréchet distance of its samples;
+- convergence: epochs and seconds until the validation -ELBO first comes within ``WITHIN``
+  nats of the baseline's final value, from the histories the runner keeps;
+- stability: the seed-to-seed spread of the metric (ratio of standard deviations, F interval)
+  and the fraction of seeds that diverge at the stress rate. Variants of group ``lr-grid``
+  train the baseline at rising learning rates; the stress rate is the lowest at which most of
+  its seeds diverge. A variant named ``diverge-<variant>`` (group ``divergence``) re-runs
+  ``<variant>`` with its rate raised as the baseline's was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
+from tabulate import tabulate
+
+from vaelab.core.atomic import write_text
+from vaelab.core.params import Params
+from vaelab.experiments.effects import LEVEL, Interval, welch
+from vaelab.experiments.plan import Experiment, Plan
+from vaelab.experiments.report import END, START, header, replace_section
+from vaelab.experiments.results import OK, Rows, answer, history_file
+from vaelab.report.plots import save_figure
+
+WITHIN = 1.0  # nats above the baseline's final validation -ELBO that count as converged
+GRID, STRESS, PREFIX = "lr-grid", "divergence", "diverge-"
+PAGE, SUMMARY, CURVES = "claims.md", "claims.csv", "learning_curves.png"
+
+
+@dataclass(frozen=True)
+class Run:
+    exp: Experiment
+    row: dict[str, str]
+    history: list[dict[str, float]]  # empty for a diverged run
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == OK
+
+    def value(self, column: str) -> float:
+        return float(self.row[column])
+
+
+def runs(out: Path, plan: Plan, rows: Rows, variant: str) -> list[Run]:
+    """The recorded runs of ``variant``, each with its kept history."""
+    found = []
+    for exp in (e for e in plan.experiments if e.variant == variant):
+        row = answer(rows, exp)
+        if row is None:
+            continue
+        path = history_file(out, exp)
+        history = []
+        if row["status"] == OK and path.exists():
+            with path.open(newline="", encoding="utf-8") as handle:
+                history = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
+        found.append(Run(exp, row, history))
+    return found
+
+
+def converged(history: list[dict[str, float]], target: float) -> tuple[int, float] | None:
+    """The first epoch whose validation -ELBO is at most ``target``, and the training seconds
+    up to its end; None if none is."""
+    seconds = 0.0
+    for epoch in history:
+        seconds += epoch["epoch_time"]
+        if epoch["val_neg_elbo"] <= target:
+            return int(epoch["epoch"]), seconds
+    return None
+
+
+def comparable(params: Params, base: Params) -> bool:
+    """Whether validation -ELBO is in the baseline's units: the same likelihood on binary
+    images (a Gaussian density or grayscale targets are other numbers)."""
+    binary = params.prepare.binarize != "none", base.prepare.binarize != "none"
+    return params.train.likelihood.kind == base.train.likelihood.kind and binary[0] == binary[1]
+
+
+def sd_ratio(variant: list[float], baseline: list[float], level: float = LEVEL) -> Interval | None:
+    """sd(variant) / sd(baseline) with its F interval (normal data); None if either side has
+    fewer than 2 values or no spread."""
+    if len(variant) < 2 or len(baseline) < 2:
+        return None
+    v, b = statistics.variance(variant), statistics.variance(baseline)
+    if b == 0:
+        return None
+    ratio, tail = v / b, (1 - level) / 2
+    dfs = (len(variant) - 1, len(baseline) - 1)
+    low, high = ratio / stats.f.ppf(1 - tail, *dfs), ratio / stats.f.ppf(tail, *dfs)
+    return Interval(math.sqrt(ratio), math.sqrt(low), math.sqrt(high))
+
+
+def _effect(i: Interval | None, digits: int, words: tuple[str, str], centre: float = 0.0) -> str:
+    """``i`` as "mid [low, high]", with ``words`` (better, worse) where it excludes ``centre``."""
+    if i is None:
+        return ""
+    f = f"{'+' if centre == 0 else ''}.{digits}f"
+    text = f"{i.difference:{f}} [{i.low:{f}}, {i.high:{f}}]"
+    if i.high < centre:
+        return f"{text} {words[0]}"
+    return f"{text} {words[1]}" if i.low > centre else text
+
+
+@dataclass(frozen=True)
+class Measures:
+    """One variant's per-seed values: its metric, the Fréchet distance, and (where its
+    validation -ELBO is comparable and every seed converged) epochs and seconds to converge."""
+
+    exp: Experiment
+    failed: int
+    values: dict[str, list[float]]
+    never: int | None  # seeds that never converged; None: not comparable
+    diverged: str  # "k of n" at the stress rate, or ""
+
+    @property
+    def n(self) -> int:
+        return len(self.values["metric"])
+
+    def against(self, base: Measures) -> dict[str, Interval | None]:
+        """Each measure's interval against ``base`` (the spread: a ratio of sds)."""
+        found = {k: welch(v, base.values.get(k, [])) for k, v in self.values.items()}
+        return found | {"spread": sd_ratio(self.values["metric"], base.values["metric"])}
+
+
+def stress_rate(out: Path, plan: Plan, rows: Rows) -> tuple[float | None, list[list]]:
+    """The lowest grid rate at which most baseline seeds diverge, and the grid's table (rate,
+    "k of n" diverged, the others' mean validation -ELBO)."""
+    table, found = [], None
+    grid = [e for e in plan.variants() if e.group == GRID]
+    for first in sorted(grid, key=lambda e: e.params.train.optimizer.learning_rate):
+        done = runs(out, plan, rows, first.variant)
+        if not done:
+            continue
+        bad = sum(not r.ok for r in done)
+        rate = first.params.train.optimizer.learning_rate
+        elbo = [r.value("val_neg_elbo") for r in done if r.ok]
+        table.append([rate, f"{bad} of {len(done)}", statistics.fmean(elbo) if elbo else None])
+        if found is None and bad > len(done) / 2:
+            found = rate
+    return found, table
+
+
+def measure(out: Path, plan: Plan, rows: Rows) -> tuple[list[Measures], float]:
+    """Every variant's measures (the baseline first), and the convergence target (nats)."""
+    base = [r for r in runs(out, plan, rows, "baseline") if r.ok]
+    target = statistics.fmean(r.value("val_neg_elbo") for r in base) + WITHIN if base else math.inf
+    rate, grid = stress_rate(out, plan, rows)
+    found = []
+    for first in plan.variants():
+        mine = runs(out, plan, rows, first.variant)
+        if first.group in (GRID, STRESS) or not mine:
+            continue
+        good = [r for r in mine if r.ok]
+        values = {"metric": [r.value(first.metric) for r in good],
+                  "frechet": [r.value("frechet_distance") for r in good]}  # fmt: skip
+        reached = [converged(r.history, target) for r in good]
+        never = sum(r is None for r in reached) if comparable(first.params, plan.base) else None
+        if never == 0 and good:
+            values |= {"epochs": [e for e, _ in reached], "seconds": [s for _, s in reached]}
+        stressed = runs(out, plan, rows, PREFIX + first.variant)
+        diverged = f"{sum(not r.ok for r in stressed)} of {len(stressed)}" if stressed else ""
+        if first.variant == "baseline":  # its stressed runs are the grid's at the stress rate
+            diverged = next((line[1] for line in grid if line[0] == rate), "")
+        found.append(Measures(first, len(mine) - len(good), values, never, diverged))
+    return found, target
+
+
+def table(found: list[Measures]) -> str:
+    """One line per variant: the baseline's means (sd), each other's differences."""
+    base = next(m for m in found if m.exp.variant == "baseline")
+    lines = []
+    for m in found:
+        if m is base:
+            cells = [_mean(m.values.get(k), d) for k, d in
+                     (("metric", 2), ("frechet", 2), ("epochs", 1), ("seconds", 0))]  # fmt: skip
+            spread = f"sd {statistics.stdev(m.values['metric']):.2f}" if m.n > 1 else ""
+        else:
+            i = m.against(base)
+            cells = [_effect(i["metric"], 2 if m.exp.metric == "test_nll" else 4, BETTER),
+                     _effect(i["frechet"], 2, BETTER), _effect(i.get("epochs"), 1, FASTER),
+                     _effect(i.get("seconds"), 0, FASTER)]  # fmt: skip
+            spread = _effect(i["spread"], 2, ("steadier", "less steady"), 1.0)
+            if m.exp.metric != "test_nll":
+                cells[0] = f"{m.exp.metric}: {cells[0]}"
+        if m.never is None:
+            cells[2:] = ["not comparable", ""]
+        elif m.never:
+            cells[2:] = [f"never in {m.never} of {m.n} seeds", ""]
+        seeds = f"{m.n}" + (f" (+{m.failed} diverged)" if m.failed else "")
+        lines.append([f"{m.exp.group}: {m.exp.label}", seeds, *cells, spread, m.diverged])
+    head = ["trick", "seeds", "Δ test NLL, nats", "Δ Fréchet distance", "Δ epochs to converge",
+            "Δ seconds to converge", "NLL sd ÷ baseline's", "diverged at stress rate"]  # fmt: skip
+    return tabulate(lines, head, tablefmt="github") + "\n"
+
+
+BETTER, FASTER = ("better", "worse"), ("faster", "slower")
+
+
+def _mean(values: list[float] | None, digits: int) -> str:
+    return f"{statistics.fmean(values):.{digits}f}" if values else ""
+
+
+def summary_csv(found: list[Measures], target: float) -> str:
+    """Per variant: its seeds, each measure's mean (the spread: the metric's sd) and its
+    interval against the baseline."""
+    base = next(m for m in found if m.exp.variant == "baseline")
+    keys = ("metric", "frechet", "epochs", "seconds", "spread")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["variant", "group", "label", "metric", "seeds", "failed", "never",
+                     "diverged", *(f"{k}_{x}" for k in keys for x in ("mean", "value", "low",
+                     "high")), "target"])  # fmt: skip
+    for m in found:
+        intervals, cells = m.against(base), []
+        centre = {k: statistics.fmean(v) for k, v in m.values.items() if v}
+        if m.n > 1:
+            centre["spread"] = statistics.stdev(m.values["metric"])
+        for k in keys:
+            i = intervals.get(k)
+            numbers = (centre.get(k), *((i.difference, i.low, i.high) if i else (None,) * 3))
+            cells += ["" if x is None else f"{x:.6g}" for x in numbers]
+        never = "" if m.never is None else m.never
+        writer.writerow([m.exp.variant, m.exp.group, m.exp.label, m.exp.metric, m.n, m.failed,
+                         never, m.diverged, *cells, f"{target:.6g}"])  # fmt: skip
+    return out.getvalue()
+
+
+def curves(out: Path, plan: Plan, rows: Rows, target: float) -> plt.Figure:
+    """Validation -ELBO per epoch, mean and min-max band over seeds: the baseline (black) and
+    each variant whose -ELBO is comparable, one panel each."""
+    shown = [e for e in plan.variants() if e.group not in (GRID, STRESS) and e.variant != "baseline"
+             and comparable(e.params, plan.base) and runs(out, plan, rows, e.variant)]  # fmt: skip
+    cols = 4
+    rows_n = max(1, math.ceil(len(shown) / cols))
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False,
+                             sharey=True)  # fmt: skip
+    base = [r.history for r in runs(out, plan, rows, "baseline") if r.history]
+    for ax, exp in zip(axes.flat, shown, strict=False):
+        for histories, colour, name in ((base, "black", "baseline"),
+                                        ([r.history for r in runs(out, plan, rows, exp.variant)
+                                          if r.history], "tab:red", exp.label)):  # fmt: skip
+            if histories:
+                _band(ax, histories, colour, name)
+        ax.axhline(target, color="gray", linewidth=0.8, linestyle="--")
+        ax.set_title(f"{exp.group}: {exp.label}", fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.grid(alpha=0.2)
+    for ax in axes.flat[len(shown) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation -ELBO, nats")
+    if base:
+        final = target - WITHIN
+        axes[0, 0].set_ylim(final - 1.5, final + 12)
+    fig.suptitle(f"Validation -ELBO per epoch: baseline (black) and variant (red), mean and "
+                 f"min-max band over seeds; dashed: within {WITHIN:g} nat of the baseline's "
+                 "final value")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def _band(ax, histories: list[list[dict[str, float]]], colour: str, name: str) -> None:
+    length = max(len(h) for h in histories)
+    values = np.full((len(histories), length), np.nan)
+    for i, h in enumerate(histories):
+        values[i, : len(h)] = [e["val_neg_elbo"] for e in h]
+    epochs = np.arange(1, length + 1)
+    ax.plot(epochs, np.nanmean(values, axis=0), color=colour, linewidth=1, label=name)
+    ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour,
+                    alpha=0.2, linewidth=0)  # fmt: skip
+
+
+def render(out: Path, plan: Plan, rows: Rows) -> Path:
+    """claims.csv, the learning curves and claims.md's generated part; returns the page."""
+    found, target = measure(out, plan, rows)
+    write_text(out / SUMMARY, summary_csv(found, target))
+    save_figure(curves(out, plan, rows, target), out / CURVES)
+    rate, grid = stress_rate(out, plan, rows)
+    generated = [
+        *header(plan, rows),
+        "",
+        f"Converged: validation -ELBO within {WITHIN:g} nat of the baseline's final value "
+        f"({target - WITHIN:.2f} nats). Intervals are {LEVEL:.0%}: Welch's for differences of "
+        "means, the F distribution's for the ratio of standard deviations; a word only where "
+        "the interval excludes no change.",
+        "",
+        table(found) if any(m.exp.variant == "baseline" for m in found) else "No baseline yet.\n",
+        f"![learning curves]({CURVES})",
+        "",
+        "### The stress rate: the baseline at rising learning rates",
+        "",
+        tabulate(
+            grid,
+            ["learning rate", "diverged", "validation -ELBO of the others"],
+            tablefmt="github",
+            missingval="",
+        )
+        if grid
+        else "not run yet",
+        "",
+        f"Stress rate: {rate:g}." if rate else "No rate on the grid made most seeds diverge yet.",
+        "",
+        f"In numbers: [{SUMMARY}]({SUMMARY}); every run: [runs.csv](runs.csv); every epoch: "
+        "[histories/](histories).",
+        "",
+    ]
+    page = out / PAGE
+    empty = f"# The tutorial's claims\n\n{START.format('claims')}\n{END.format('claims')}\n"
+    text = page.read_text() if page.exists() else empty
+    write_text(page, replace_section(text, "claims", "\n".join(generated)))
+    return page
