@@ -240,6 +240,15 @@ def test_only_a_diverging_training_is_recorded_as_a_result(repo):
         0, 2, "fails to train")  # fmt: skip
 
 
+def test_a_screening_at_one_seed_reports_its_differences_without_a_verdict(repo):
+    spec = {**TINY_PLAN, "seeds": [1], "variants": [{**v, "seeds": [1]} for v in
+                                                  TINY_PLAN["variants"]]}  # fmt: skip
+    _run(repo, FakeExecutor(repo), _plan(repo / "abl", spec))
+    render(repo / "abl", _plan(repo / "abl", spec), read_rows(repo / "abl" / RESULTS))
+    line = "| KL weight: beta = 2 | +1.00 (one seed: no interval) | too few seeds yet |"
+    assert line in (repo / "abl" / "ablation.md").read_text()
+
+
 def test_another_plans_report_names_its_own_runs_and_has_no_tuning_table(repo):
     spec = {**TINY_PLAN, "prefix": "bk", "profile": {"evaluate.importance_samples": 200}}
     diverged = "error: training diverged: loss nan at batch 3.\n"

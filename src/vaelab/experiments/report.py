@@ -60,6 +60,7 @@ def summary_csv(found: list[Summary]) -> str:
     stats = [
         f"{c}_{k}" for c in sorted({c for s in found for c in s.means}) for k in ("mean", "sd")
     ]
+    base = next((s for s in found if s.exp.variant == "baseline"), None)
     out = io.StringIO()
     writer = csv.DictWriter(out, [*HEAD, "verdict", "same_as", *stats], lineterminator="\n")
     writer.writeheader()
@@ -67,6 +68,8 @@ def summary_csv(found: list[Summary]) -> str:
         e, i = s.exp, s.interval
         row = dict(zip(HEAD, (e.variant, e.group, e.label, s.n, s.failed, e.metric), strict=False))
         row |= {k: f"{getattr(i, k):.6g}" for k in HEAD[6:]} if i else {}
+        if not i and s.exp.variant != "baseline" and e.metric in s.means and base:
+            row["difference"] = f"{s.means[e.metric] - base.means[e.metric]:.6g}"  # one seed
         row |= {f"{c}_mean": f"{m:.6g}" for c, m in s.means.items()}
         row |= {f"{c}_sd": f"{sd:.6g}" for c, sd in s.sds.items()}
         writer.writerow({**row, "verdict": s.verdict, "same_as": s.same_as})
@@ -88,13 +91,16 @@ def _why(row: dict[str, str], base: dict[str, str]) -> str:
 def tricks_table(summary: Rows) -> str:
     """The README's table, from summary.csv: every judged trick, most helpful first."""
     base = next(r for r in summary if r["variant"] == "baseline")
-    judged = [r for r in summary if r["verdict"] not in ("baseline", "too few seeds yet")]
+    judged = [r for r in summary if r["verdict"] != "baseline"
+              and (r["difference"] or r["verdict"] == "fails to train")]  # fmt: skip
     judged.sort(key=lambda r: (r["metric"] != "test_nll", float(r["difference"] or math.inf)))
 
     def effect(r: dict[str, str]) -> str:
         if not r["difference"]:
             return ""
         d = 2 if r["metric"] == "test_nll" else 4
+        if not r["low"]:
+            return f"{float(r['difference']):+.{d}f} (one seed: no interval)"
         low, mid, high = (float(r[c]) for c in ("low", "difference", "high"))
         return f"{mid:+.{d}f} [{low:+.{d}f}, {high:+.{d}f}]"
 
