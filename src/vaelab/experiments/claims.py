@@ -154,11 +154,13 @@ def stress_rate(out: Path, plan: Plan, rows: Rows) -> tuple[float | None, list[l
     return found, table
 
 
-def measure(out: Path, plan: Plan, rows: Rows) -> tuple[list[Measures], float]:
-    """Every variant's measures (the baseline first), and the convergence target (nats)."""
+def measure(
+    out: Path, plan: Plan, rows: Rows, rate: float | None, grid: list[list]
+) -> tuple[list[Measures], float]:
+    """Every variant's measures (the baseline first; its divergences are the ``grid``'s at the
+    stress ``rate``), and the convergence target (nats)."""
     base = [r for r in runs(out, plan, rows, "baseline") if r.ok]
     target = statistics.fmean(r.value("val_neg_elbo") for r in base) + WITHIN if base else math.inf
-    rate, grid = stress_rate(out, plan, rows)
     found = []
     for first in plan.variants():
         mine = runs(out, plan, rows, first.variant)
@@ -242,19 +244,21 @@ def summary_csv(found: list[Measures], target: float) -> str:
 def curves(out: Path, plan: Plan, rows: Rows, target: float) -> plt.Figure:
     """Validation -ELBO per epoch, mean and min-max band over seeds: the baseline (black) and
     each variant whose -ELBO is comparable, one panel each."""
-    shown = [e for e in plan.variants() if e.group not in (GRID, STRESS) and e.variant != "baseline"
-             and comparable(e.params, plan.base) and runs(out, plan, rows, e.variant)]  # fmt: skip
+    histories = {
+        e.variant: [r.history for r in runs(out, plan, rows, e.variant) if r.history]
+        for e in plan.variants()
+        if e.group not in (GRID, STRESS) and comparable(e.params, plan.base)
+    }
+    base = histories.pop("baseline", [])
+    shown = [e for e in plan.variants() if histories.get(e.variant)]
     cols = 4
     rows_n = max(1, math.ceil(len(shown) / cols))
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False,
                              sharey=True)  # fmt: skip
-    base = [r.history for r in runs(out, plan, rows, "baseline") if r.history]
     for ax, exp in zip(axes.flat, shown, strict=False):
-        for histories, colour, name in ((base, "black", "baseline"),
-                                        ([r.history for r in runs(out, plan, rows, exp.variant)
-                                          if r.history], "tab:red", exp.label)):  # fmt: skip
-            if histories:
-                _band(ax, histories, colour, name)
+        if base:
+            _band(ax, base, "black", "baseline")
+        _band(ax, histories[exp.variant], "tab:red", exp.label)
         ax.axhline(target, color="gray", linewidth=0.8, linestyle="--")
         ax.set_title(f"{exp.group}: {exp.label}", fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
@@ -286,10 +290,10 @@ def _band(ax, histories: list[list[dict[str, float]]], colour: str, name: str) -
 
 def render(out: Path, plan: Plan, rows: Rows) -> Path:
     """claims.csv, the learning curves and claims.md's generated part; returns the page."""
-    found, target = measure(out, plan, rows)
+    rate, grid = stress_rate(out, plan, rows)
+    found, target = measure(out, plan, rows, rate, grid)
     write_text(out / SUMMARY, summary_csv(found, target))
     save_figure(curves(out, plan, rows, target), out / CURVES)
-    rate, grid = stress_rate(out, plan, rows)
     generated = [
         *header(plan, rows),
         "",
