@@ -456,3 +456,17 @@ def test_the_claims_report_measures_quality_convergence_and_stability(repo):
         assert line.rstrip(" |").endswith("3 of 3")
     assert "never in 3 of 3 seeds" in text
     assert "lr-grid" not in text.split("### The stress rate")[0]
+
+
+def test_the_learning_rate_grid_alone_renders_its_stress_rate(repo):
+    """The grid runs first: before any baseline run, the page has the grid and no table."""
+    diverged = "error: training diverged: loss nan at batch 3.\n"
+    fake = FakeExecutor(repo, fail=lambda job: diverged if "lr-0.1" in job.name else None)
+    plan = _plan(repo / "cl", CLAIMS_PLAN)
+    with job_lock(repo / "cl"):
+        grid = load_plan(repo / "cl" / "plan.yaml", {"lr-0.01", "lr-0.1"})
+        run_plan(grid, repo / "cl" / RESULTS, fake, load_params())
+    text = render_plan(repo / "cl", plan, read_rows(repo / "cl" / RESULTS)).read_text()
+    assert "Stress rate: 0.1." in text and "No finished run of the baseline yet" in text
+    assert "| trick" not in text and re.search(r"\| +0\.1 +\| 3 of 3 ", text)
+    assert (repo / "cl" / "claims.csv").read_text().count("\n") == 1  # the header alone

@@ -219,7 +219,7 @@ def _mean(values: list[float] | None, digits: int) -> str:
 def summary_csv(found: list[Measures], target: float) -> str:
     """Per variant: its seeds, each measure's mean (the spread: the metric's sd) and its
     interval against the baseline."""
-    base = next(m for m in found if m.exp.variant == "baseline")
+    base = next((m for m in found if m.exp.variant == "baseline"), None)
     keys = ("metric", "frechet", "epochs", "seconds", "spread")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -227,7 +227,7 @@ def summary_csv(found: list[Measures], target: float) -> str:
                      "diverged", *(f"{k}_{x}" for k in keys for x in ("mean", "value", "low",
                      "high")), "target"])  # fmt: skip
     for m in found:
-        intervals, cells = m.against(base), []
+        intervals, cells = (m.against(base) if base else {}), []
         centre = {k: statistics.fmean(v) for k, v in m.values.items() if v}
         if m.n > 1:
             centre["spread"] = statistics.stdev(m.values["metric"])
@@ -294,15 +294,18 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
     found, target = measure(out, plan, rows, rate, grid)
     write_text(out / SUMMARY, summary_csv(found, target))
     save_figure(curves(out, plan, rows, target), out / CURVES)
+    based = any(m.exp.variant == "baseline" for m in found)
     generated = [
         *header(plan, rows),
         "",
         f"Converged: validation -ELBO within {WITHIN:g} nat of the baseline's final value "
         f"({target - WITHIN:.2f} nats). Intervals are {LEVEL:.0%}: Welch's for differences of "
         "means, the F distribution's for the ratio of standard deviations; a word only where "
-        "the interval excludes no change.",
+        "the interval excludes no change."
+        if based
+        else "No finished run of the baseline yet: nothing to compare with.",
         "",
-        table(found) if any(m.exp.variant == "baseline" for m in found) else "No baseline yet.\n",
+        table(found) if based else "",
         f"![learning curves]({CURVES})",
         "",
         "### The stress rate: the baseline at rising learning rates",
