@@ -1,5 +1,9 @@
 """Ctrl-C and SIGTERM as one exception, `KeyboardInterrupt`, raised where the signal lands,
-except inside `uninterrupted()` blocks (a checkpoint being written), which finish first."""
+except inside `uninterrupted()` blocks (a checkpoint being written), which finish first.
+
+Library code can swallow that exception (Keras' `pythonify_logs` has a bare ``except:``, and
+on JAX the training loop waits there most of the time): `reraise()`, called at points of
+our own, raises a signal that came and did not end the process."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import signal
 from collections.abc import Iterator
 
 _held: list[int] | None = None  # signals that came during an uninterrupted block
+_received: int | None = None  # the first signal that came, raised or not
 
 
 class Terminated(KeyboardInterrupt):
@@ -19,9 +24,17 @@ def _raise(signum: int) -> None:
 
 
 def _handle(signum: int, frame: object) -> None:
+    global _received
+    _received = _received or signum
     if _held is None:
         _raise(signum)
     _held.append(signum)
+
+
+def reraise() -> None:
+    """Raise the signal that came, if one did (outside an uninterrupted block)."""
+    if _received is not None and _held is None:
+        _raise(_received)
 
 
 def install() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from vaelab.core.atomic import save_model, write_text
 from vaelab.core.errors import TrainingDiverged
-from vaelab.core.signals import uninterrupted
+from vaelab.core.signals import reraise, uninterrupted
 from vaelab.training.history import history_csv, read_history
 from vaelab.training.optim import current_learning_rate
 
@@ -28,6 +28,20 @@ class Backup(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         with uninterrupted():
             super().on_epoch_end(epoch, logs)
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ends the fit at the next batch or epoch once Ctrl-C or SIGTERM has come, even if the
+    exception it raised was swallowed inside Keras (see `vaelab.core.signals`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        reraise()
+
+    def on_test_batch_end(self, batch, logs=None):
+        reraise()
+
+    def on_epoch_end(self, epoch, logs=None):
+        reraise()
 
 
 class EpochExtras(keras.callbacks.Callback):

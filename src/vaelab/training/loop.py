@@ -92,11 +92,12 @@ def build_callbacks(params: Params, state: TrainingState, history, logger) -> li
         EpochExtras,
         ResumableEarlyStopping,
         StopOnDivergence,
+        StopOnSignal,
     )
 
     cfg = params.train
     best_so_far = min((row[MONITOR] for row in history.rows), default=None)
-    callbacks = [EpochExtras(), StopOnDivergence(state.best)]
+    callbacks = [StopOnSignal(), EpochExtras(), StopOnDivergence(state.best)]
     if cfg.reduce_on_plateau.enabled:
         rop = cfg.reduce_on_plateau
         callbacks.append(
