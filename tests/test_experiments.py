@@ -301,3 +301,15 @@ def test_the_side_by_side_figure_keeps_the_best_runs_when_there_are_many():
     fig = compare.side_by_side(shown, {r.run_id: {} for r in shown}, "t")
     assert fig.get_size_inches()[1] * 100 < 2**16  # save_figure's 100 dpi
     plt.close(fig)
+
+
+def test_the_local_executor_runs_the_dvc_vaelab_is_installed_with(tmp_path, monkeypatch):
+    """Started as `.venv/bin/vaelab` with no virtualenv on PATH, an experiment still reaches
+    DVC (here, DVC's own refusal outside a repository), not a missing-file error."""
+    from vaelab.executors import Job
+    from vaelab.executors.local import LocalExecutor
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    (outcome,) = LocalExecutor().run([Job("x-baseline-s1", "train", ("base.seed=1",))])
+    assert not outcome.ok and "not inside of a DVC repository" in outcome.log

@@ -5,8 +5,11 @@ business: `local.LocalExecutor` on this machine, `ray_cluster.RayExecutor` on a 
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -40,3 +43,11 @@ def dvc_exp_run(job: Job, temp: bool = True) -> list[str]:
     """The `dvc exp run` of ``job``: in a temporary copy of the workspace, or in it."""
     sets = [arg for value in job.settings for arg in ("-S", value)]
     return ["dvc", "exp", "run", *(["--temp"] if temp else []), "-n", job.name, job.stage, *sets]
+
+
+def child_env(**more: str) -> dict[str, str]:
+    """This process's environment for a `dvc` child, with this interpreter's folder first on
+    PATH: `dvc` and the stages' `python` are those vaelab runs with, even when it was started
+    as `.venv/bin/vaelab` without the virtualenv on PATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", **more}

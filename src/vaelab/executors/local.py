@@ -3,13 +3,12 @@ time, in this process's group, so that Ctrl-C or a kill of the job reaches them 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from vaelab.executors import Job, Outcome, dvc_exp_run
+from vaelab.executors import Job, Outcome, child_env, dvc_exp_run
 
 LOCK_BUSY = "Unable to acquire lock"  # DVC's words when another run holds the repo a moment
 LOCK_TRIES = 10
@@ -40,7 +39,7 @@ class LocalExecutor:
                 dvc_exp_run(job),
                 capture_output=True,
                 text=True,
-                env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+                env=child_env(),
             )
             log = done.stdout + done.stderr
             if done.returncode == 0 or LOCK_BUSY not in log:

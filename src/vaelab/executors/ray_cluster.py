@@ -26,7 +26,7 @@ from pathlib import Path
 from vaelab.core.errors import VaelabError
 from vaelab.core.git import git
 from vaelab.core.lock import exclusive
-from vaelab.executors import Job, Outcome, dvc_exp_run
+from vaelab.executors import Job, Outcome, child_env, dvc_exp_run
 
 RETRIES = 3  # attempts after a node or worker dies
 CLONES = "VAELAB_CLONES"  # where a node keeps its clone of the remote (default ~/.cache)
@@ -72,13 +72,9 @@ def _run(command: list[str], cwd: Path, threads: str) -> tuple[bool, str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={
-            **os.environ,
-            "DVC_NO_ANALYTICS": "1",
-            "OMP_NUM_THREADS": threads,
-            "TF_NUM_INTRAOP_THREADS": threads,
-            "TF_NUM_INTEROP_THREADS": threads,
-        },
+        env=child_env(
+            OMP_NUM_THREADS=threads, TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads
+        ),
     )
     try:
         output, _ = proc.communicate()
