@@ -314,6 +314,7 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
             grid,
             ["learning rate", "diverged", "validation -ELBO of the others"],
             tablefmt="github",
+            floatfmt=("g", "", ".2f"),
             missingval="",
         )
         if grid
