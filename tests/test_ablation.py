@@ -456,6 +456,8 @@ def test_the_claims_report_measures_quality_convergence_and_stability(repo):
         assert line.rstrip(" |").endswith("3 of 3")
     assert "never in 3 of 3 seeds" in text
     assert "lr-grid" not in text.split("### The stress rate")[0]
+    assert "cl-lr-0.1-s1" not in text and "cl-diverge-beta-1.5-s1" not in text  # tables show them
+    assert re.search(r"\| KL weight: beta = 1\.5 +\| +0\.03 \| 3 of 3 ", text)
 
 
 def test_the_learning_rate_grid_alone_renders_its_stress_rate(repo):

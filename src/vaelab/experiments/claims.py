@@ -288,6 +288,25 @@ def _band(ax, histories: list[list[dict[str, float]]], colour: str, name: str) -
                     alpha=0.2, linewidth=0)  # fmt: skip
 
 
+def stressed(out: Path, plan: Plan, rows: Rows) -> list[str]:
+    """The table of each trick at the stress rate: its rate, seeds diverged, the others'
+    validation -ELBO (nothing before any has run)."""
+    lines = []
+    for exp in (e for e in plan.variants() if e.group == STRESS):
+        done = runs(out, plan, rows, exp.variant)
+        trick = next(e for e in plan.variants() if e.variant == exp.variant.removeprefix(PREFIX))
+        elbo = [r.value("val_neg_elbo") for r in done if r.ok]
+        if done:
+            lines.append([f"{trick.group}: {trick.label}", exp.params.train.optimizer.learning_rate,
+                          f"{sum(not r.ok for r in done)} of {len(done)}",
+                          statistics.fmean(elbo) if elbo else None])  # fmt: skip
+    if not lines:
+        return []
+    head = ["trick", "learning rate", "diverged", "validation -ELBO of the others"]
+    table_ = tabulate(lines, head, tablefmt="github", floatfmt=("", "g", "", ".2f"), missingval="")
+    return ["Each trick at its own rate raised as the baseline's was:", "", table_, ""]
+
+
 def render(out: Path, plan: Plan, rows: Rows) -> Path:
     """claims.csv, the learning curves and claims.md's generated part; returns the page."""
     rate, grid = stress_rate(out, plan, rows)
@@ -296,7 +315,7 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
     save_figure(curves(out, plan, rows, target), out / CURVES)
     based = any(m.exp.variant == "baseline" for m in found)
     generated = [
-        *header(plan, rows),
+        *header(plan, rows, lambda e: e.group not in (GRID, STRESS)),
         "",
         f"Converged: validation -ELBO within {WITHIN:g} nat of the baseline's final value "
         f"({target - WITHIN:.2f} nats). Intervals are {LEVEL:.0%}: Welch's for differences of "
@@ -306,8 +325,7 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
         else "No finished run of the baseline yet: nothing to compare with.",
         "",
         table(found) if based else "",
-        f"![learning curves]({CURVES})",
-        "",
+        *([f"![learning curves]({CURVES})", ""] if based else []),
         "### The stress rate: the baseline at rising learning rates",
         "",
         tabulate(
@@ -322,6 +340,7 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
         "",
         f"Stress rate: {rate:g}." if rate else "No rate on the grid made most seeds diverge yet.",
         "",
+        *stressed(out, plan, rows),
         f"In numbers: [{SUMMARY}]({SUMMARY}); every run: [runs.csv](runs.csv); every epoch: "
         "[histories/](histories).",
         "",

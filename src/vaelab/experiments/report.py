@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +22,7 @@ from tabulate import tabulate
 from vaelab.core.atomic import write_text
 from vaelab.core.paths import ABLATION
 from vaelab.experiments.effects import LEVEL, Summary, same_runs, summarize
-from vaelab.experiments.plan import Plan
+from vaelab.experiments.plan import Experiment, Plan
 from vaelab.experiments.results import METRICS, OK, Rows, answer
 from vaelab.report.plots import save_figure
 
@@ -203,15 +204,19 @@ def replace_section(text: str, name: str, content: str) -> str:
     return f"{head}{start}\n{content}{end}{tail}"
 
 
-def header(plan: Plan, rows: Rows) -> list[str]:
-    """The plan, progress, time, machines and the runs that diverged."""
+def header(
+    plan: Plan, rows: Rows, listed: Callable[[Experiment], bool] = lambda e: True
+) -> list[str]:
+    """The plan, progress, time, machines and the ``listed`` runs that diverged."""
     done = sum(answer(rows, e) is not None for e in plan.experiments)
     hours = sum(float(row["wall_seconds"]) for row in rows) / 3600
     cpus = "; ".join(sorted({row["cpu"] for row in rows})) or "none yet"
     failed = "; ".join(
-        f"`{next(e.name for e in plan.experiments if answer([r], e))}` {outcome(r)}"
+        f"`{e.name}` {outcome(r)}"
         for r in rows
         if r["status"] != OK
+        for e in plan.experiments
+        if answer([r], e) and listed(e)
     )
     base = plan.experiments[0].params  # the plan's profile over its baseline
     return [
