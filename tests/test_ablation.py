@@ -472,3 +472,4 @@ def test_the_learning_rate_grid_alone_renders_its_stress_rate(repo):
     assert "Stress rate: 0.1." in text and "No finished run of the baseline yet" in text
     assert "| trick" not in text and re.search(r"\| +0\.1 +\| 3 of 3 ", text)
     assert (repo / "cl" / "claims.csv").read_text().count("\n") == 1  # the header alone
+    assert not (repo / "cl" / "learning_curves.png").exists()  # no panel to draw

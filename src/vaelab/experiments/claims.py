@@ -241,9 +241,9 @@ def summary_csv(found: list[Measures], target: float) -> str:
     return out.getvalue()
 
 
-def curves(out: Path, plan: Plan, rows: Rows, target: float) -> plt.Figure:
+def curves(out: Path, plan: Plan, rows: Rows, target: float) -> plt.Figure | None:
     """Validation -ELBO per epoch, mean and min-max band over seeds: the baseline (black) and
-    each variant whose -ELBO is comparable, one panel each."""
+    each variant whose -ELBO is comparable, one panel each; None before any such variant."""
     histories = {
         e.variant: [r.history for r in runs(out, plan, rows, e.variant) if r.history]
         for e in plan.variants()
@@ -251,6 +251,8 @@ def curves(out: Path, plan: Plan, rows: Rows, target: float) -> plt.Figure:
     }
     base = histories.pop("baseline", [])
     shown = [e for e in plan.variants() if histories.get(e.variant)]
+    if not shown:
+        return None
     cols = 4
     rows_n = max(1, math.ceil(len(shown) / cols))
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False,
@@ -312,7 +314,9 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
     rate, grid = stress_rate(out, plan, rows)
     found, target = measure(out, plan, rows, rate, grid)
     write_text(out / SUMMARY, summary_csv(found, target))
-    save_figure(curves(out, plan, rows, target), out / CURVES)
+    figure = curves(out, plan, rows, target)
+    if figure:
+        save_figure(figure, out / CURVES)
     based = any(m.exp.variant == "baseline" for m in found)
     generated = [
         *header(plan, rows, lambda e: e.group not in (GRID, STRESS)),
@@ -325,7 +329,7 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
         else "No finished run of the baseline yet: nothing to compare with.",
         "",
         table(found) if based else "",
-        *([f"![learning curves]({CURVES})", ""] if based else []),
+        *([f"![learning curves]({CURVES})", ""] if figure else []),
         "### The stress rate: the baseline at rising learning rates",
         "",
         tabulate(
