@@ -136,6 +136,12 @@ class Measures:
         return found | {"spread": sd_ratio(self.values["metric"], base.values["metric"])}
 
 
+def diverged(done: list[Run]) -> tuple[str, float | None]:
+    """ "k of n" runs that diverged, and the others' mean validation -ELBO (None if none)."""
+    elbo = [r.value("val_neg_elbo") for r in done if r.ok]
+    return f"{len(done) - len(elbo)} of {len(done)}", statistics.fmean(elbo) if elbo else None
+
+
 def stress_rate(out: Path, plan: Plan, rows: Rows) -> tuple[float | None, list[list]]:
     """The lowest grid rate at which most baseline seeds diverge, and the grid's table (rate,
     "k of n" diverged, the others' mean validation -ELBO)."""
@@ -145,11 +151,9 @@ def stress_rate(out: Path, plan: Plan, rows: Rows) -> tuple[float | None, list[l
         done = runs(out, plan, rows, first.variant)
         if not done:
             continue
-        bad = sum(not r.ok for r in done)
         rate = first.params.train.optimizer.learning_rate
-        elbo = [r.value("val_neg_elbo") for r in done if r.ok]
-        table.append([rate, f"{bad} of {len(done)}", statistics.fmean(elbo) if elbo else None])
-        if found is None and bad > len(done) / 2:
+        table.append([rate, *diverged(done)])
+        if found is None and sum(not r.ok for r in done) > len(done) / 2:
             found = rate
     return found, table
 
@@ -174,10 +178,10 @@ def measure(
         if never == 0 and good:
             values |= {"epochs": [e for e, _ in reached], "seconds": [s for _, s in reached]}
         stressed = runs(out, plan, rows, PREFIX + first.variant)
-        diverged = f"{sum(not r.ok for r in stressed)} of {len(stressed)}" if stressed else ""
+        stress = diverged(stressed)[0] if stressed else ""
         if first.variant == "baseline":  # its stressed runs are the grid's at the stress rate
-            diverged = next((line[1] for line in grid if line[0] == rate), "")
-        found.append(Measures(first, len(mine) - len(good), values, never, diverged))
+            stress = next((line[1] for line in grid if line[0] == rate), "")
+        found.append(Measures(first, len(mine) - len(good), values, never, stress))
     return found, target
 
 
@@ -293,15 +297,12 @@ def _band(ax, histories: list[list[dict[str, float]]], colour: str, name: str) -
 def stressed(out: Path, plan: Plan, rows: Rows) -> list[str]:
     """The table of each trick at the stress rate: its rate, seeds diverged, the others'
     validation -ELBO (nothing before any has run)."""
-    lines = []
-    for exp in (e for e in plan.variants() if e.group == STRESS):
-        done = runs(out, plan, rows, exp.variant)
-        trick = next(e for e in plan.variants() if e.variant == exp.variant.removeprefix(PREFIX))
-        elbo = [r.value("val_neg_elbo") for r in done if r.ok]
-        if done:
-            lines.append([f"{trick.group}: {trick.label}", exp.params.train.optimizer.learning_rate,
-                          f"{sum(not r.ok for r in done)} of {len(done)}",
-                          statistics.fmean(elbo) if elbo else None])  # fmt: skip
+    lines, variants = [], {e.variant: e for e in plan.variants()}
+    for exp in (e for e in variants.values() if e.group == STRESS):
+        trick = variants[exp.variant.removeprefix(PREFIX)]
+        if done := runs(out, plan, rows, exp.variant):
+            rate = exp.params.train.optimizer.learning_rate
+            lines.append([f"{trick.group}: {trick.label}", rate, *diverged(done)])
     if not lines:
         return []
     head = ["trick", "learning rate", "diverged", "validation -ELBO of the others"]
