@@ -473,3 +473,46 @@ def test_the_learning_rate_grid_alone_renders_its_stress_rate(repo):
     assert "| trick" not in text and re.search(r"\| +0\.1 +\| 3 of 3 ", text)
     assert (repo / "cl" / "claims.csv").read_text().count("\n") == 1  # the header alone
     assert not (repo / "cl" / "learning_curves.png").exists()  # no panel to draw
+
+
+def test_a_variant_on_a_shorter_profile_is_compared_with_its_own_baseline(repo):
+    """`against`: variants on a short profile against the baseline on that profile."""
+    short = [
+        {"name": "baseline-2", "group": "2 epochs", "label": "the default", "seeds": 3,
+         "set": {"train.epochs": 2}},
+        {"name": "beta-1.5-2", "group": "2 epochs", "label": "beta = {train.kl.beta:g}",
+         "set": {"train.epochs": 2, "train.kl.beta": 1.5}, "against": "baseline-2"},
+    ]  # fmt: skip
+    spec = {**CLAIMS_PLAN, "variants": [*CLAIMS_PLAN["variants"][:2], *short]}
+    plan = _plan(repo / "cl", spec)
+    with job_lock(repo / "cl"):
+        run_plan(plan, repo / "cl" / RESULTS, FakeExecutor(repo), load_params())
+    page = render_plan(repo / "cl", plan, read_rows(repo / "cl" / RESULTS))
+    with (repo / "cl" / "claims.csv").open() as handle:
+        found = {row["variant"]: row for row in csv.DictReader(handle)}
+    # seeds 1-3 of both on 2 epochs: beta 1.5 costs exactly 0.5 nats (against the 4-epoch
+    # baseline's 5 seeds it would read 0.4)
+    assert float(found["beta-1.5-2"]["metric_value"]) == pytest.approx(0.5)
+    assert float(found["beta-1.5"]["metric_value"]) == pytest.approx(0.4)
+    assert [found[v]["against"] for v in found] == ["baseline", "baseline", "baseline-2",
+                                                    "baseline-2"]  # fmt: skip
+    assert found["baseline-2"]["metric_value"] == ""  # a baseline is not compared
+    assert float(found["baseline-2"]["target"]) == pytest.approx(90.2 + 6 + 1)
+    assert float(found["baseline"]["target"]) == pytest.approx(90.3 + 6 + 1)
+    text = page.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| 2 epochs: the default"))
+    assert "90.20" in line and "+" not in line  # means, not differences
+    assert "2 epochs: the default, 96.20 nats" in text
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [({"against": "nothing"}, "compared with 'nothing', which is not a variant of this plan"),
+     ({"report": "ablation"}, "`against` needs `report: claims`")],
+)  # fmt: skip
+def test_a_plan_names_a_baseline_it_has(repo, change, error):
+    variant = {"name": "b", "group": "g", "label": "l", "against": change.get("against", "a")}
+    spec = {**CLAIMS_PLAN, "report": change.get("report", "claims"),
+            "variants": [{"name": "a", "group": "g", "label": "l"}, variant]}  # fmt: skip
+    with pytest.raises(VaelabError, match=re.escape(error)):
+        _plan(repo / "cl", spec)

@@ -121,6 +121,7 @@ class Measures:
     validation -ELBO is comparable and every seed converged) epochs and seconds to converge."""
 
     exp: Experiment
+    base: str  # the variant it is compared with (itself for a baseline)
     failed: int
     values: dict[str, list[float]]
     never: int | None  # seeds that never converged; None: not comparable
@@ -130,7 +131,7 @@ class Measures:
     def n(self) -> int:
         return len(self.values["metric"])
 
-    def against(self, base: Measures) -> dict[str, Interval | None]:
+    def versus(self, base: Measures) -> dict[str, Interval | None]:
         """Each measure's interval against ``base`` (the spread: a ratio of sds)."""
         found = {k: welch(v, base.values.get(k, [])) for k, v in self.values.items()}
         return found | {"spread": sd_ratio(self.values["metric"], base.values["metric"])}
@@ -160,11 +161,14 @@ def stress_rate(out: Path, plan: Plan, rows: Rows) -> tuple[float | None, list[l
 
 def measure(
     out: Path, plan: Plan, rows: Rows, rate: float | None, grid: list[list]
-) -> tuple[list[Measures], float]:
+) -> tuple[list[Measures], dict[str, float]]:
     """Every variant's measures (the baseline first; its divergences are the ``grid``'s at the
-    stress ``rate``), and the convergence target (nats)."""
-    base = [r for r in runs(out, plan, rows, "baseline") if r.ok]
-    target = statistics.fmean(r.value("val_neg_elbo") for r in base) + WITHIN if base else math.inf
+    stress ``rate``), and the convergence target (nats) of each baseline a variant is compared
+    with (``against``)."""
+    targets = {}
+    for name in dict.fromkeys(plan.baseline_of(e) for e in plan.variants()):
+        final = [r.value("val_neg_elbo") for r in runs(out, plan, rows, name) if r.ok]
+        targets[name] = statistics.fmean(final) + WITHIN if final else math.inf
     found = []
     for first in plan.variants():
         mine = runs(out, plan, rows, first.variant)
@@ -173,7 +177,8 @@ def measure(
         good = [r for r in mine if r.ok]
         values = {"metric": [r.value(first.metric) for r in good],
                   "frechet": [r.value("frechet_distance") for r in good]}  # fmt: skip
-        reached = [converged(r.history, target) for r in good]
+        base = plan.baseline_of(first)
+        reached = [converged(r.history, targets[base]) for r in good]
         never = sum(r is None for r in reached) if comparable(first.params, plan.base) else None
         if never == 0 and good:
             values |= {"epochs": [e for e, _ in reached], "seconds": [s for _, s in reached]}
@@ -181,25 +186,30 @@ def measure(
         stress = diverged(stressed)[0] if stressed else ""
         if first.variant == "baseline":  # its stressed runs are the grid's at the stress rate
             stress = next((line[1] for line in grid if line[0] == rate), "")
-        found.append(Measures(first, len(mine) - len(good), values, never, stress))
-    return found, target
+        found.append(Measures(first, base, len(mine) - len(good), values, never, stress))
+    return found, targets
+
+
+def baselines(found: list[Measures]) -> dict[str, Measures]:
+    """The measured baselines, by name."""
+    return {m.base: m for m in found if m.base == m.exp.variant}
 
 
 def table(found: list[Measures]) -> str:
-    """One line per variant: the baseline's means (sd), each other's differences."""
-    base = next(m for m in found if m.exp.variant == "baseline")
-    lines = []
+    """One line per variant: each baseline's means (sd), each other's differences from its
+    own baseline's (none before that has a run)."""
+    bases, lines = baselines(found), []
     for m in found:
-        if m is base:
+        if m.exp.variant in bases:
             cells = [_mean(m.values.get(k), d) for k, d in
                      (("metric", 2), ("frechet", 2), ("epochs", 1), ("seconds", 0))]  # fmt: skip
             spread = f"sd {statistics.stdev(m.values['metric']):.2f}" if m.n > 1 else ""
         else:
-            i = m.against(base)
-            cells = [_effect(i["metric"], 2 if m.exp.metric == "test_nll" else 4, BETTER),
-                     _effect(i["frechet"], 2, BETTER), _effect(i.get("epochs"), 1, FASTER),
+            i = m.versus(bases[m.base]) if m.base in bases else {}
+            cells = [_effect(i.get("metric"), 2 if m.exp.metric == "test_nll" else 4, BETTER),
+                     _effect(i.get("frechet"), 2, BETTER), _effect(i.get("epochs"), 1, FASTER),
                      _effect(i.get("seconds"), 0, FASTER)]  # fmt: skip
-            spread = _effect(i["spread"], 2, ("steadier", "less steady"), 1.0)
+            spread = _effect(i.get("spread"), 2, ("steadier", "less steady"), 1.0)
             if m.exp.metric != "test_nll":
                 cells[0] = f"{m.exp.metric}: {cells[0]}"
         if m.never is None:
@@ -210,7 +220,7 @@ def table(found: list[Measures]) -> str:
         lines.append([f"{m.exp.group}: {m.exp.label}", seeds, *cells, spread, m.diverged])
     head = ["trick", "seeds", "Δ test NLL, nats", "Δ Fréchet distance", "Δ epochs to converge",
             "Δ seconds to converge", "NLL sd ÷ baseline's", "diverged at stress rate"]  # fmt: skip
-    return tabulate(lines, head, tablefmt="github") + "\n"
+    return tabulate(lines, head, tablefmt="github", disable_numparse=True) + "\n"
 
 
 BETTER, FASTER = ("better", "worse"), ("faster", "slower")
@@ -220,18 +230,19 @@ def _mean(values: list[float] | None, digits: int) -> str:
     return f"{statistics.fmean(values):.{digits}f}" if values else ""
 
 
-def summary_csv(found: list[Measures], target: float) -> str:
-    """Per variant: its seeds, each measure's mean (the spread: the metric's sd) and its
-    interval against the baseline."""
-    base = next((m for m in found if m.exp.variant == "baseline"), None)
+def summary_csv(found: list[Measures], targets: dict[str, float]) -> str:
+    """Per variant: its seeds, each measure's mean (the spread: the metric's sd), its interval
+    against its baseline, which it names, and that baseline's convergence target."""
+    bases = baselines(found)
     keys = ("metric", "frechet", "epochs", "seconds", "spread")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["variant", "group", "label", "metric", "seeds", "failed", "never",
                      "diverged", *(f"{k}_{x}" for k in keys for x in ("mean", "value", "low",
-                     "high")), "target"])  # fmt: skip
+                     "high")), "against", "target"])  # fmt: skip
     for m in found:
-        intervals, cells = (m.against(base) if base else {}), []
+        base = bases.get(m.base)
+        intervals, cells = (m.versus(base) if base and base is not m else {}), []
         centre = {k: statistics.fmean(v) for k, v in m.values.items() if v}
         if m.n > 1:
             centre["spread"] = statistics.stdev(m.values["metric"])
@@ -241,20 +252,21 @@ def summary_csv(found: list[Measures], target: float) -> str:
             cells += ["" if x is None else f"{x:.6g}" for x in numbers]
         never = "" if m.never is None else m.never
         writer.writerow([m.exp.variant, m.exp.group, m.exp.label, m.exp.metric, m.n, m.failed,
-                         never, m.diverged, *cells, f"{target:.6g}"])  # fmt: skip
+                         never, m.diverged, *cells, m.base, f"{targets[m.base]:.6g}"])  # fmt: skip
     return out.getvalue()
 
 
-def curves(out: Path, plan: Plan, rows: Rows, target: float) -> plt.Figure | None:
-    """Validation -ELBO per epoch, mean and min-max band over seeds: the baseline (black) and
-    each variant whose -ELBO is comparable, one panel each; None before any such variant."""
+def curves(out: Path, plan: Plan, rows: Rows, targets: dict[str, float]) -> plt.Figure | None:
+    """Validation -ELBO per epoch, mean and min-max band over seeds: each variant whose -ELBO
+    is comparable over its baseline (black), one panel each; None before any such variant."""
     histories = {
         e.variant: [r.history for r in runs(out, plan, rows, e.variant) if r.history]
         for e in plan.variants()
         if e.group not in (GRID, STRESS) and comparable(e.params, plan.base)
     }
-    base = histories.pop("baseline", [])
-    shown = [e for e in plan.variants() if histories.get(e.variant)]
+    shown = [
+        e for e in plan.variants() if histories.get(e.variant) and plan.baseline_of(e) != e.variant
+    ]
     if not shown:
         return None
     cols = 4
@@ -262,10 +274,11 @@ def curves(out: Path, plan: Plan, rows: Rows, target: float) -> plt.Figure | Non
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False,
                              sharey=True)  # fmt: skip
     for ax, exp in zip(axes.flat, shown, strict=False):
-        if base:
-            _band(ax, base, "black", "baseline")
+        base = plan.baseline_of(exp)
+        if histories.get(base):
+            _band(ax, histories[base], "black", base)
         _band(ax, histories[exp.variant], "tab:red", exp.label)
-        ax.axhline(target, color="gray", linewidth=0.8, linestyle="--")
+        ax.axhline(targets[base], color="gray", linewidth=0.8, linestyle="--")
         ax.set_title(f"{exp.group}: {exp.label}", fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.2)
@@ -273,12 +286,12 @@ def curves(out: Path, plan: Plan, rows: Rows, target: float) -> plt.Figure | Non
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation -ELBO, nats")
-    if base:
-        final = target - WITHIN
-        axes[0, 0].set_ylim(final - 1.5, final + 12)
-    fig.suptitle(f"Validation -ELBO per epoch: baseline (black) and variant (red), mean and "
-                 f"min-max band over seeds; dashed: within {WITHIN:g} nat of the baseline's "
-                 "final value")  # fmt: skip
+    finals = [t - WITHIN for t in targets.values() if math.isfinite(t)]
+    if finals:
+        axes[0, 0].set_ylim(min(finals) - 1.5, max(finals) + 12)
+    fig.suptitle(f"Validation -ELBO per epoch: each variant (red) over its baseline (black), "
+                 f"mean and min-max band over seeds; dashed: within {WITHIN:g} nat of the "
+                 "baseline's final value")  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -310,20 +323,26 @@ def stressed(out: Path, plan: Plan, rows: Rows) -> list[str]:
     return ["Each trick at its own rate raised as the baseline's was:", "", table_, ""]
 
 
+def finals(found: list[Measures], targets: dict[str, float]) -> str:
+    """Each measured baseline's final validation -ELBO, in words."""
+    return "; ".join(f"{m.exp.group}: {m.exp.label}, {targets[name] - WITHIN:.2f} nats"
+                     for name, m in baselines(found).items())  # fmt: skip
+
+
 def render(out: Path, plan: Plan, rows: Rows) -> Path:
     """claims.csv, the learning curves and claims.md's generated part; returns the page."""
     rate, grid = stress_rate(out, plan, rows)
-    found, target = measure(out, plan, rows, rate, grid)
-    write_text(out / SUMMARY, summary_csv(found, target))
-    figure = curves(out, plan, rows, target)
+    found, targets = measure(out, plan, rows, rate, grid)
+    write_text(out / SUMMARY, summary_csv(found, targets))
+    figure = curves(out, plan, rows, targets)
     if figure:
         save_figure(figure, out / CURVES)
     based = any(m.exp.variant == "baseline" for m in found)
     generated = [
         *header(plan, rows, lambda e: e.group not in (GRID, STRESS)),
         "",
-        f"Converged: validation -ELBO within {WITHIN:g} nat of the baseline's final value "
-        f"({target - WITHIN:.2f} nats). Intervals are {LEVEL:.0%}: Welch's for differences of "
+        f"Converged: validation -ELBO within {WITHIN:g} nat of its baseline's final value "
+        f"({finals(found, targets)}). Intervals are {LEVEL:.0%}: Welch's for differences of "
         "means, the F distribution's for the ratio of standard deviations; a word only where "
         "the interval excludes no change."
         if based

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
@@ -36,6 +36,7 @@ class VariantSpec(_Spec):
     seeds: int | list[int] | None = None
     stage: Stage | None = None
     metric: str = "test_nll"
+    against: str = Field("baseline", description="the variant it is compared with (claims)")
 
 
 class PlanSpec(_Spec):
@@ -46,6 +47,22 @@ class PlanSpec(_Spec):
     stage: Stage
     report: Literal["ablation", "claims"] = "ablation"  # the page rendered from its runs
     variants: list[VariantSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> PlanSpec:
+        names = {v.name for v in self.variants}
+        for v in self.variants:
+            if v.against != "baseline" and self.report != "claims":
+                raise ValueError(
+                    f"variant {v.name}: `against` needs `report: claims` (the "
+                    "ablation report compares every variant with `baseline`)"
+                )
+            if v.against not in names | {"baseline"}:
+                raise ValueError(
+                    f"variant {v.name} is compared with {v.against!r}, which is "
+                    "not a variant of this plan: name one of its variants"
+                )
+        return self
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,7 @@ class Experiment:
     stage: str
     overrides: str  # the identity: effective overrides, canonical (no seed)
     params: Params = field(compare=False, repr=False)
+    against: str = "baseline"  # the variant its report compares it with
 
     def answered_by(self, seed: int, overrides: str, stage: str) -> bool:
         return (seed, overrides) == (self.seed, self.overrides) and (
@@ -89,7 +107,7 @@ def experiments(spec: PlanSpec, base: Params, where: str) -> list[Experiment]:
             overrides = " ".join(pairs(differences(params, base, RESULTS)))
             label = _label(v.label, params, f"{where}: variant {v.name}")
             exp = Experiment(f"{spec.prefix}-{v.name}-s{seed}", v.name, v.group, label, v.metric,
-                             seed, v.stage or spec.stage, overrides, params)  # fmt: skip
+                             seed, v.stage or spec.stage, overrides, params, v.against)  # fmt: skip
             twin = found.setdefault((seed, overrides, exp.stage), exp)
             if twin is not exp:
                 raise VaelabError(f"{where}: {exp.name} runs the same experiment as {twin.name}")
@@ -101,6 +119,12 @@ class Plan:
     base: Params
     experiments: list[Experiment]
     report: str = "ablation"
+
+    def baseline_of(self, exp: Experiment) -> str:
+        """The variant ``exp`` is compared with: itself if it is some variant's baseline,
+        else its ``against``."""
+        named = any(e.against == exp.variant for e in self.experiments)
+        return exp.variant if named or exp.variant == "baseline" else exp.against
 
     def variants(self) -> list[Experiment]:
         """The first experiment of each variant, in the plan's order."""
