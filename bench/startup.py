@@ -1,10 +1,10 @@
-"""Start-up cost of each stage module, and whether it drags in TensorFlow.
+"""Start-up cost of each stage module, and whether it drags in TensorFlow, JAX or MLflow.
 
     python bench/startup.py [--repeat 5]
 
 Each stage module is imported in a fresh interpreter (what `dvc repro` pays per stage
-before any work); the median wall time of ``--repeat`` runs is printed, with the modules
-that dominate according to ``python -X importtime``.
+before any work); the median wall time of ``--repeat`` runs is printed, and whether the
+import loaded each heavy framework (``python -X importtime`` says which modules cost what).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 
 STAGES = ["fetch", "prepare", "train", "classifier", "evaluate", "figures"]
 PROBE = (
-    "import sys, vaelab.stages.{stage}; print('tensorflow' in sys.modules, 'mlflow' in sys.modules)"
+    "import sys, vaelab.stages.{stage}; "
+    "print(*(m in sys.modules for m in ('tensorflow', 'jax', 'mlflow')))"
 )
 
 
@@ -39,10 +40,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    print(f"{'stage':<11} {'import s':>9}  tensorflow  mlflow")
+    print(f"{'stage':<11} {'import s':>9}  tensorflow  jax    mlflow")
     for stage in STAGES:
-        seconds, (tf, mlflow) = measure(stage, args.repeat)
-        print(f"{stage:<11} {seconds:9.2f}  {tf:<10}  {mlflow}")
+        seconds, (tf, jax, mlflow) = measure(stage, args.repeat)
+        print(f"{stage:<11} {seconds:9.2f}  {tf:<10}  {jax:<5}  {mlflow}")
 
 
 if __name__ == "__main__":
