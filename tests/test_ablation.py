@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,19 @@ def test_rendering_the_committed_ablation_gives_its_committed_numbers(tmp_path):
     render(tmp_path, load_plan(tmp_path / "variants.yaml"), read_rows(tmp_path / RESULTS))
     assert (tmp_path / "summary.csv").read_text() == (ABLATION / "summary.csv").read_text()
     assert (tmp_path / "ablation.md").read_text() == (ABLATION / "ablation.md").read_text()
+
+
+def test_rendering_the_committed_claims_gives_their_committed_page(tmp_path):
+    claims_dir = ROOT / "docs" / "claims"
+    for name in ("variants.yaml", "baseline.yaml", "runs.csv", "claims.md"):
+        (tmp_path / name).write_bytes((claims_dir / name).read_bytes())
+    shutil.copytree(claims_dir / "histories", tmp_path / "histories")
+    plan = load_plan(tmp_path / "variants.yaml")
+    rows = read_rows(tmp_path / RESULTS)
+    assert len({id(answer(rows, e)) for e in plan.experiments} - {id(None)}) == len(rows)
+    render_plan(tmp_path, plan, rows)
+    assert (tmp_path / "claims.csv").read_text() == (claims_dir / "claims.csv").read_text()
+    assert (tmp_path / "claims.md").read_text() == (claims_dir / "claims.md").read_text()
 
 
 def test_the_readme_table_is_the_one_generated_from_summary_csv():
