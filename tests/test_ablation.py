@@ -517,6 +517,9 @@ def test_a_variant_on_a_shorter_profile_is_compared_with_its_own_baseline(repo):
     line = next(x for x in text.splitlines() if x.startswith("| 2 epochs: the default"))
     assert "90.20" in line and "+" not in line  # means, not differences
     assert "2 epochs: the default, 96.20 nats" in text
+    # machine time per profile: 6 runs of 2 epochs, 8 of 4 (the fake's runs take 1 s each)
+    assert re.search(r"\| 2 epochs, up to evaluate +\| +6 \| +0\.0 \| +0\.0 \| +0 \|", text)
+    assert re.search(r"\| 4 epochs, up to evaluate +\| +8 \|", text)
 
 
 @pytest.mark.parametrize(

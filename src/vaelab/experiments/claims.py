@@ -323,6 +323,30 @@ def stressed(out: Path, plan: Plan, rows: Rows) -> list[str]:
     return ["Each trick at its own rate raised as the baseline's was:", "", table_, ""]
 
 
+def cost(plan: Plan, rows: Rows) -> list[str]:
+    """Machine time per profile (epochs, last stage): runs done, their hours, the median
+    minutes per run and the runs still to go (nothing before any run)."""
+    by: dict[tuple[int, str], tuple[list[float], int]] = {}
+    for exp in plan.experiments:
+        row = answer(rows, exp)
+        seconds, todo = by.setdefault((exp.params.train.epochs, exp.stage), ([], 0))
+        if row is None:
+            by[(exp.params.train.epochs, exp.stage)] = (seconds, todo + 1)
+        else:
+            seconds.append(float(row["wall_seconds"]))
+    lines = [[f"{epochs} epochs, up to {stage}", len(s), sum(s) / 3600,
+              statistics.median(s) / 60 if s else None, todo,
+              todo * statistics.median(s) / 3600 if s else None]
+             for (epochs, stage), (s, todo) in sorted(by.items())]  # fmt: skip
+    if not any(line[1] for line in lines):
+        return []
+    head = ["profile", "runs done", "hours", "minutes per run (median)", "runs to go",
+            "hours to go (at that median)"]  # fmt: skip
+    table_ = tabulate(lines, head, tablefmt="github", floatfmt=("", "", ".1f", ".1f", "", ".1f"),
+                      missingval="")  # fmt: skip
+    return ["### Machine time", "", table_, ""]
+
+
 def finals(found: list[Measures], targets: dict[str, float]) -> str:
     """Each measured baseline's final validation -ELBO, in words."""
     return "; ".join(f"{m.exp.group}: {m.exp.label}, {targets[name] - WITHIN:.2f} nats"
@@ -365,6 +389,7 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
         f"Stress rate: {rate:g}." if rate else "No rate on the grid made most seeds diverge yet.",
         "",
         *stressed(out, plan, rows),
+        *cost(plan, rows),
         f"In numbers: [{SUMMARY}]({SUMMARY}); every run: [runs.csv](runs.csv); every epoch: "
         "[histories/](histories).",
         "",
