@@ -271,8 +271,7 @@ def curves(out: Path, plan: Plan, rows: Rows, targets: dict[str, float]) -> plt.
         return None
     cols = 4
     rows_n = max(1, math.ceil(len(shown) / cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False,
-                             sharey=True)  # fmt: skip
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False)
     for ax, exp in zip(axes.flat, shown, strict=False):
         base = plan.baseline_of(exp)
         if histories.get(base):
@@ -282,13 +281,14 @@ def curves(out: Path, plan: Plan, rows: Rows, targets: dict[str, float]) -> plt.
         ax.set_title(f"{exp.group}: {exp.label}", fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.2)
+        finals = [h[-1]["val_neg_elbo"] for h in histories[exp.variant]]
+        if math.isfinite(targets[base]):  # from both finals down to 12 nats above them
+            finals.append(targets[base] - WITHIN)
+        ax.set_ylim(min(finals) - 1.5, max(finals) + 12)
     for ax in axes.flat[len(shown) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation -ELBO, nats")
-    finals = [t - WITHIN for t in targets.values() if math.isfinite(t)]
-    if finals:
-        axes[0, 0].set_ylim(min(finals) - 1.5, max(finals) + 12)
     fig.suptitle(f"Validation -ELBO per epoch: each variant (red) over its baseline (black), "
                  f"mean and min-max band over seeds; dashed: within {WITHIN:g} nat of the "
                  "baseline's final value")  # fmt: skip
