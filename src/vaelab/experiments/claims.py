@@ -18,6 +18,7 @@ import csv
 import io
 import math
 import statistics
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,7 +279,7 @@ def curves(out: Path, plan: Plan, rows: Rows, targets: dict[str, float]) -> plt.
             _band(ax, histories[base], "black", base)
         _band(ax, histories[exp.variant], "tab:red", exp.label)
         ax.axhline(targets[base], color="gray", linewidth=0.8, linestyle="--")
-        ax.set_title(f"{exp.group}: {exp.label}", fontsize=8)
+        ax.set_title(textwrap.fill(f"{exp.group}: {exp.label}", 60), fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.2)
         finals = [h[-1]["val_neg_elbo"] for h in histories[exp.variant]]
