@@ -19,6 +19,7 @@ import io
 import math
 import statistics
 import textwrap
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,13 +145,13 @@ def diverged(done: list[Run]) -> tuple[str, float | None]:
     return f"{len(done) - len(elbo)} of {len(done)}", statistics.fmean(elbo) if elbo else None
 
 
-def stress_rate(out: Path, plan: Plan, rows: Rows) -> tuple[float | None, list[list]]:
+def stress_rate(plan: Plan, every: dict[str, list[Run]]) -> tuple[float | None, list[list]]:
     """The lowest grid rate at which most baseline seeds diverge, and the grid's table (rate,
     "k of n" diverged, the others' mean validation -ELBO)."""
     table, found = [], None
     grid = [e for e in plan.variants() if e.group == GRID]
     for first in sorted(grid, key=lambda e: e.params.train.optimizer.learning_rate):
-        done = runs(out, plan, rows, first.variant)
+        done = every[first.variant]
         if not done:
             continue
         rate = first.params.train.optimizer.learning_rate
@@ -161,18 +162,18 @@ def stress_rate(out: Path, plan: Plan, rows: Rows) -> tuple[float | None, list[l
 
 
 def measure(
-    out: Path, plan: Plan, rows: Rows, rate: float | None, grid: list[list]
+    plan: Plan, every: dict[str, list[Run]], rate: float | None, grid: list[list]
 ) -> tuple[list[Measures], dict[str, float]]:
     """Every variant's measures (the baseline first; its divergences are the ``grid``'s at the
     stress ``rate``), and the convergence target (nats) of each baseline a variant is compared
     with (``against``)."""
     targets = {}
     for name in dict.fromkeys(plan.baseline_of(e) for e in plan.variants()):
-        final = [r.value("val_neg_elbo") for r in runs(out, plan, rows, name) if r.ok]
+        final = [r.value("val_neg_elbo") for r in every.get(name, []) if r.ok]
         targets[name] = statistics.fmean(final) + WITHIN if final else math.inf
     found = []
     for first in plan.variants():
-        mine = runs(out, plan, rows, first.variant)
+        mine = every[first.variant]
         if first.group in (GRID, STRESS) or not mine:
             continue
         good = [r for r in mine if r.ok]
@@ -183,7 +184,7 @@ def measure(
         never = sum(r is None for r in reached) if comparable(first.params, plan.base) else None
         if never == 0 and good:
             values |= {"epochs": [e for e, _ in reached], "seconds": [s for _, s in reached]}
-        stressed = runs(out, plan, rows, PREFIX + first.variant)
+        stressed = every.get(PREFIX + first.variant, [])
         stress = diverged(stressed)[0] if stressed else ""
         if first.variant == "baseline":  # its stressed runs are the grid's at the stress rate
             stress = next((line[1] for line in grid if line[0] == rate), "")
@@ -257,11 +258,11 @@ def summary_csv(found: list[Measures], targets: dict[str, float]) -> str:
     return out.getvalue()
 
 
-def curves(out: Path, plan: Plan, rows: Rows, targets: dict[str, float]) -> plt.Figure | None:
+def curves(plan: Plan, every: dict[str, list[Run]], targets: dict[str, float]) -> plt.Figure | None:
     """Validation -ELBO per epoch, mean and min-max band over seeds: each variant whose -ELBO
     is comparable over its baseline (black), one panel each; None before any such variant."""
     histories = {
-        e.variant: [r.history for r in runs(out, plan, rows, e.variant) if r.history]
+        e.variant: [r.history for r in every[e.variant] if r.history]
         for e in plan.variants()
         if e.group not in (GRID, STRESS) and comparable(e.params, plan.base)
     }
@@ -282,10 +283,10 @@ def curves(out: Path, plan: Plan, rows: Rows, targets: dict[str, float]) -> plt.
         ax.set_title(textwrap.fill(f"{exp.group}: {exp.label}", 60), fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.2)
-        finals = [h[-1]["val_neg_elbo"] for h in histories[exp.variant]]
-        if math.isfinite(targets[base]):  # from both finals down to 12 nats above them
-            finals.append(targets[base] - WITHIN)
-        ax.set_ylim(min(finals) - 1.5, max(finals) + 12)
+        ends = [h[-1]["val_neg_elbo"] for h in histories[exp.variant]]
+        if math.isfinite(targets[base]):  # from both final values to 12 nats above them
+            ends.append(targets[base] - WITHIN)
+        ax.set_ylim(min(ends) - 1.5, max(ends) + 12)
     for ax in axes.flat[len(shown) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
@@ -308,13 +309,13 @@ def _band(ax, histories: list[list[dict[str, float]]], colour: str, name: str) -
                     alpha=0.2, linewidth=0)  # fmt: skip
 
 
-def stressed(out: Path, plan: Plan, rows: Rows) -> list[str]:
+def stressed(plan: Plan, every: dict[str, list[Run]]) -> list[str]:
     """The table of each trick at the stress rate: its rate, seeds diverged, the others'
     validation -ELBO (nothing before any has run)."""
     lines, variants = [], {e.variant: e for e in plan.variants()}
     for exp in (e for e in variants.values() if e.group == STRESS):
         trick = variants[exp.variant.removeprefix(PREFIX)]
-        if done := runs(out, plan, rows, exp.variant):
+        if done := every[exp.variant]:
             rate = exp.params.train.optimizer.learning_rate
             lines.append([f"{trick.group}: {trick.label}", rate, *diverged(done)])
     if not lines:
@@ -327,20 +328,23 @@ def stressed(out: Path, plan: Plan, rows: Rows) -> list[str]:
 def cost(plan: Plan, rows: Rows) -> list[str]:
     """Machine time per profile (epochs, last stage): runs done, their hours, the median
     minutes per run and the runs still to go (nothing before any run)."""
-    by: dict[tuple[int, str], tuple[list[float], int]] = {}
+    done: dict[tuple[int, str], list[float]] = defaultdict(list)
+    todo: Counter[tuple[int, str]] = Counter()
     for exp in plan.experiments:
-        row = answer(rows, exp)
-        seconds, todo = by.setdefault((exp.params.train.epochs, exp.stage), ([], 0))
-        if row is None:
-            by[(exp.params.train.epochs, exp.stage)] = (seconds, todo + 1)
+        key = (exp.params.train.epochs, exp.stage)
+        if (row := answer(rows, exp)) is None:
+            todo[key] += 1
         else:
-            seconds.append(float(row["wall_seconds"]))
-    lines = [[f"{epochs} epochs, up to {stage}", len(s), sum(s) / 3600,
-              statistics.median(s) / 60 if s else None, todo,
-              todo * statistics.median(s) / 3600 if s else None]
-             for (epochs, stage), (s, todo) in sorted(by.items())]  # fmt: skip
-    if not any(line[1] for line in lines):
+            done[key].append(float(row["wall_seconds"]))
+    if not done:
         return []
+    lines = []
+    for epochs, stage in sorted(done.keys() | todo.keys()):
+        seconds, left = done[(epochs, stage)], todo[(epochs, stage)]
+        median = statistics.median(seconds) if seconds else None
+        per_run, to_go = (median / 60, left * median / 3600) if median is not None else (None,) * 2
+        lines.append([f"{epochs} epochs, up to {stage}", len(seconds), sum(seconds) / 3600,
+                      per_run, left, to_go])  # fmt: skip
     head = ["profile", "runs done", "hours", "minutes per run (median)", "runs to go",
             "hours to go (at that median)"]  # fmt: skip
     table_ = tabulate(lines, head, tablefmt="github", floatfmt=("", "", ".1f", ".1f", "", ".1f"),
@@ -356,10 +360,11 @@ def finals(found: list[Measures], targets: dict[str, float]) -> str:
 
 def render(out: Path, plan: Plan, rows: Rows) -> Path:
     """claims.csv, the learning curves and claims.md's generated part; returns the page."""
-    rate, grid = stress_rate(out, plan, rows)
-    found, targets = measure(out, plan, rows, rate, grid)
+    every = {e.variant: runs(out, plan, rows, e.variant) for e in plan.variants()}
+    rate, grid = stress_rate(plan, every)
+    found, targets = measure(plan, every, rate, grid)
     write_text(out / SUMMARY, summary_csv(found, targets))
-    figure = curves(out, plan, rows, targets)
+    figure = curves(plan, every, targets)
     if figure:
         save_figure(figure, out / CURVES)
     based = any(m.exp.variant == "baseline" for m in found)
@@ -389,7 +394,7 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
         "",
         f"Stress rate: {rate:g}." if rate else "No rate on the grid made most seeds diverge yet.",
         "",
-        *stressed(out, plan, rows),
+        *stressed(plan, every),
         *cost(plan, rows),
         f"In numbers: [{SUMMARY}]({SUMMARY}); every run: [runs.csv](runs.csv); every epoch: "
         "[histories/](histories).",
