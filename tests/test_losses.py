@@ -94,3 +94,27 @@ def test_beta_schedule_counts_optimizer_steps(unit):
     assert [float(schedule(step)) for step in (0, 5, 10, 20, 49)] == pytest.approx(
         [0.0, 0.5, 1.0, 2.0, 2.0]
     )
+
+
+@pytest.mark.parametrize(
+    ("kw", "epochs", "settled"),
+    [
+        ({"schedule": "constant"}, 20, 0),
+        ({"schedule": "linear", "warmup": 10}, 20, 10),
+        ({"schedule": "linear", "warmup": 25, "unit": "step"}, 20, 3),  # 10 steps an epoch
+        # 4 cycles of 5 epochs: the last one's rise ends at 15 + 2.5
+        ({"schedule": "cyclical", "cycles": 4, "ratio": 0.5}, 20, 18),
+        ({"schedule": "cyclical", "cycles": 4, "ratio": 0.5, "unit": "step"}, 20, 18),
+        ({"schedule": "cyclical", "cycles": 4, "ratio": 1.0}, 20, 20),
+    ],
+)
+def test_the_kl_weight_settles_when_its_schedule_last_rises(kw, epochs, settled):
+    """The first epoch that starts with beta at its final value (2), as the optimizer's step
+    counter gives it: 10 steps an epoch."""
+    schedule = BetaSchedule(_kl(**kw), epochs=epochs, steps_per_epoch=10)
+    assert schedule.settled_epoch() == settled
+    assert [float(schedule(e * 10)) for e in range(settled, epochs + 1)] == pytest.approx(
+        [2.0] * (epochs + 1 - settled)
+    )
+    if settled:
+        assert float(schedule((settled - 1) * 10)) < 2.0

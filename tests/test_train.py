@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import free_port
-from vaelab.core.paths import Artifacts
+from tests.conftest import ROOT, committed_params, free_port
+from vaelab.core.paths import Artifacts, TrainingState
 from vaelab.data.prepared import load_prepared, model_data, read_meta
 from vaelab.model.vae import build_decoder, build_encoder, build_vae
+from vaelab.training.callbacks import MONITOR, EpochHistory, ResumableEarlyStopping
 from vaelab.training.history import read_history
-from vaelab.training.loop import state_dir, train
+from vaelab.training.kl_schedule import BetaSchedule
+from vaelab.training.loop import build_callbacks, state_dir, train
 from vaelab.training.optim import build_optimizer
 from vaelab.training.pipeline import training_dataset
 
@@ -365,3 +367,50 @@ def test_runs_carry_their_datasets_and_system_metrics(tiny_workdir, enabled):
         assert "system/system_memory_usage_megabytes" in system
     else:
         assert system == []
+
+
+def _replay(callback, values: list[float], first: int = 0) -> int | None:
+    """Feed ``values`` to an early-stopping ``callback`` as epochs from ``first`` on; the
+    epoch (counted from 1) it stopped the training at, or None."""
+    callback.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    callback.model.stop_training = False  # as `fit` sets it
+    callback.on_train_begin()
+    for epoch, value in enumerate(values, first):
+        callback.on_epoch_end(epoch, {MONITOR: value})
+        if callback.model.stop_training:
+            return epoch + 1
+    return None
+
+
+@pytest.mark.parametrize(
+    ("schedule", "watched_from", "stops"), [("constant", 0, True), ("cyclical", 114, False)]
+)
+def test_early_stopping_waits_for_the_kl_weight_to_settle(tmp_path, schedule, watched_from, stops):
+    """A claims run of the default with a cyclical weight (130 epochs, 4 cycles; its history in
+    tests/data) stopped at epoch 41: each cycle restarts beta at 0, and the objective rose for
+    more than the patience of 10. Replayed, its recorded objective stops a run whose weight is
+    constant there where it stopped, and not one that is still cycling."""
+    params = committed_params().replace({"train": {"kl": {"schedule": schedule, "free_bits": 0.0}}})
+    settled = BetaSchedule(params.train.kl, params.train.epochs, 391).settled_epoch()
+    history = EpochHistory(tmp_path / "history.csv")
+    callbacks = build_callbacks(params, TrainingState(tmp_path), history, None, settled)
+    (early,) = [c for c in callbacks if isinstance(c, ResumableEarlyStopping)]
+    assert early.start_from_epoch == watched_from
+    recorded = read_history(ROOT / "tests/data/kl_cyclical_history.csv")
+    stopped_at = _replay(early, [row[MONITOR] for row in recorded])
+    assert stopped_at == (len(recorded) if stops else None)
+
+
+def test_a_resumed_early_stopping_stops_where_an_uninterrupted_one_does(tmp_path):
+    """Patience counts the epochs before a resume only from ``start_from_epoch`` on."""
+    values = [1.0, 5.0, 4.0, 3.0, 3.5, 3.6, 3.7]
+
+    def early(rows: list[float]) -> ResumableEarlyStopping:
+        history = EpochHistory(tmp_path / "history.csv")
+        history.rows = [{"epoch": e + 1, MONITOR: v} for e, v in enumerate(rows)]
+        return ResumableEarlyStopping(
+            history, monitor=MONITOR, mode="min", patience=2, start_from_epoch=2
+        )
+
+    assert _replay(early([]), values) == 6
+    assert _replay(early(values[:4]), values[4:], first=4) == 6

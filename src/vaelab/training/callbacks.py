@@ -109,7 +109,8 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose patience counts the epochs recorded before a resume, too."""
+    """EarlyStopping whose patience counts the epochs recorded before a resume, too (those
+    from ``start_from_epoch`` on, as it would have without the interruption)."""
 
     def __init__(self, history: EpochHistory, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -117,8 +118,9 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        values = [row[self.monitor] for row in self.history.rows if self.monitor in row]
+        watched = self.history.rows[self.start_from_epoch :]
+        values = [row[self.monitor] for row in watched if self.monitor in row]
         if values:
             best = min(range(len(values)), key=values.__getitem__)
-            self.best, self.best_epoch = values[best], best
+            self.best, self.best_epoch = values[best], self.start_from_epoch + best
             self.wait = len(values) - 1 - best

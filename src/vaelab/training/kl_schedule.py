@@ -3,6 +3,8 @@ step (from the optimizer's step counter), so changing beta every step costs no P
 
 from __future__ import annotations
 
+import math
+
 from keras import ops
 
 from vaelab.core.params import KLWeight
@@ -38,3 +40,18 @@ class BetaSchedule:
         if self.cfg.unit == "epoch":
             progress = progress / self.steps_per_epoch
         return beta_at(self.cfg, progress, self.total)
+
+    def settled_epoch(self) -> int:
+        """The first epoch (counted from 0) that beta starts at its final value for good. Until
+        then a rising beta moves the validation -ELBO by itself (a cyclical schedule restarts
+        it at 0 each cycle), so early stopping must not read that as a lack of progress."""
+        if self.cfg.schedule == "constant":
+            return 0
+        if self.cfg.schedule == "linear":
+            end = self.cfg.warmup
+        else:  # the last cycle's rise ends
+            period = self.total / self.cfg.cycles
+            end = self.total - (1 - self.cfg.ratio) * period
+        if self.cfg.unit == "step":
+            end /= self.steps_per_epoch
+        return math.ceil(end)

@@ -80,9 +80,13 @@ def summarize(rows: list[dict[str, float]], monitor: str) -> dict[str, Any]:
     }
 
 
-def build_callbacks(params: Params, state: TrainingState, history, logger) -> list:
+def build_callbacks(
+    params: Params, state: TrainingState, history, logger, settled_epoch: int
+) -> list:
     """The training callbacks, in the order their epoch-end hooks must run: the history row
-    is written before the backup, and MLflow hears of an epoch only once it is backed up."""
+    is written before the backup, and MLflow hears of an epoch only once it is backed up.
+    Early stopping watches from ``settled_epoch`` on (see `BetaSchedule.settled_epoch`) at
+    the earliest."""
     import keras
 
     from vaelab.training.callbacks import (
@@ -125,7 +129,7 @@ def build_callbacks(params: Params, state: TrainingState, history, logger) -> li
                 mode="min",
                 patience=es.patience,
                 min_delta=es.min_delta,
-                start_from_epoch=es.start_from_epoch,
+                start_from_epoch=max(es.start_from_epoch, settled_epoch),
                 restore_best_weights=True,
             )
         )
@@ -171,7 +175,9 @@ def fit(params: Params, data: tuple, state: TrainingState, run_id: str, history,
                 validation_data=val_ds,
                 epochs=cfg.epochs,
                 shuffle=False,
-                callbacks=build_callbacks(params, state, history, logger),
+                callbacks=build_callbacks(
+                    params, state, history, logger, model.beta_schedule.settled_epoch()
+                ),
                 verbose=2,
             )
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see vaelab.core.cli)
