@@ -212,8 +212,10 @@ def test_nan_loss_stops_with_clear_message_and_failed_run(tiny_workdir):
         epochs=20,
         likelihood={"kind": "gaussian", "sigma": 0.001},
     )
-    with pytest.raises(TrainingDiverged, match="learning_rate"):
+    with pytest.raises(TrainingDiverged, match="learning_rate") as raised:
         train(params)
+    finished = read_history(state_dir(params, read_meta(Artifacts.of(params))["md5"]).history)
+    assert f"in epoch {len(finished) + 1}, at batch " in str(raised.value)
     mlflow.set_tracking_uri(f"sqlite:///{Path.cwd() / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["vaelab"], output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"]

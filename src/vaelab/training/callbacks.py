@@ -63,13 +63,17 @@ class StopOnDivergence(keras.callbacks.Callback):
 
     def __init__(self, best: Path) -> None:
         super().__init__()
-        self.best = best
+        self.best, self.epoch = best, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float(keras.ops.convert_to_numpy(logs["loss"]))
         if not np.isfinite(loss):
             raise TrainingDiverged(
-                f"loss {loss} at batch {batch}. The best model so far is kept in {self.best}. "
+                f"loss {loss} in epoch {self.epoch + 1}, at batch {batch}. The best model so "
+                f"far is kept in {self.best}. "
                 "Lower train.optimizer.learning_rate (or set train.optimizer.clipnorm) and "
                 "re-run."
             )
