@@ -471,7 +471,7 @@ def test_the_claims_report_measures_quality_convergence_and_stability(repo):
     assert "never in 3 of 3 seeds" in text
     assert "lr-grid" not in text.split("### The stress rate")[0]
     assert "cl-lr-0.1-s1" not in text and "cl-diverge-beta-1.5-s1" not in text  # tables show them
-    assert re.search(r"\| KL weight: beta = 1\.5 +\| +0\.03 \| 3 of 3 ", text)
+    assert re.search(r"\| KL weight: beta = 1\.5 +\| +4 \| +0\.03 \| 3 of 3 ", text)
 
 
 def test_the_learning_rate_grid_alone_renders_its_stress_rate(repo):
@@ -516,7 +516,8 @@ def test_a_variant_on_a_shorter_profile_is_compared_with_its_own_baseline(repo):
     text = page.read_text()
     line = next(x for x in text.splitlines() if x.startswith("| 2 epochs: the default"))
     assert "90.20" in line and "+" not in line  # means, not differences
-    assert "2 epochs: the default, 96.20 nats" in text
+    assert re.match(r"\| 2 epochs: the default +\| 2 +\| 3 ", line)  # its profile's column
+    assert "2 epochs: the default at 2 epochs, 96.20 nats" in text
     # machine time per profile: 6 runs of 2 epochs, 8 of 4 (the fake's runs take 1 s each)
     assert re.search(r"\| 2 epochs, up to evaluate +\| +6 \| +0\.0 \| +0\.0 \| +0 \|", text)
     assert re.search(r"\| 4 epochs, up to evaluate +\| +8 \|", text)

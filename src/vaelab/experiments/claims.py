@@ -219,9 +219,11 @@ def table(found: list[Measures]) -> str:
         elif m.never:
             cells[2:] = [f"never in {m.never} of {m.n} seeds", ""]
         seeds = f"{m.n}" + (f" (+{m.failed} diverged)" if m.failed else "")
-        lines.append([f"{m.exp.group}: {m.exp.label}", seeds, *cells, spread, m.diverged])
-    head = ["trick", "seeds", "Δ test NLL, nats", "Δ Fréchet distance", "Δ epochs to converge",
-            "Δ seconds to converge", "NLL sd ÷ baseline's", "diverged at stress rate"]  # fmt: skip
+        lines.append([f"{m.exp.group}: {m.exp.label}", str(m.exp.params.train.epochs), seeds,
+                      *cells, spread, m.diverged])  # fmt: skip
+    head = ["trick", "epochs", "seeds", "Δ test NLL, nats", "Δ Fréchet distance",
+            "Δ epochs to converge", "Δ seconds to converge", "NLL sd ÷ baseline's",
+            "diverged at stress rate"]  # fmt: skip
     return tabulate(lines, head, tablefmt="github", disable_numparse=True) + "\n"
 
 
@@ -280,7 +282,8 @@ def curves(plan: Plan, every: dict[str, list[Run]], targets: dict[str, float]) -
             _band(ax, histories[base], "black", base)
         _band(ax, histories[exp.variant], "tab:red", exp.label)
         ax.axhline(targets[base], color="gray", linewidth=0.8, linestyle="--")
-        ax.set_title(textwrap.fill(f"{exp.group}: {exp.label}", 60), fontsize=8)
+        title = f"{exp.group}: {exp.label}, {exp.params.train.epochs} epochs"
+        ax.set_title(textwrap.fill(title, 60), fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.2)
         ends = [h[-1]["val_neg_elbo"] for h in histories[exp.variant]]
@@ -317,11 +320,13 @@ def stressed(plan: Plan, every: dict[str, list[Run]]) -> list[str]:
         trick = variants[exp.variant.removeprefix(PREFIX)]
         if done := every[exp.variant]:
             rate = exp.params.train.optimizer.learning_rate
-            lines.append([f"{trick.group}: {trick.label}", rate, *diverged(done)])
+            epochs = exp.params.train.epochs
+            lines.append([f"{trick.group}: {trick.label}", epochs, rate, *diverged(done)])
     if not lines:
         return []
-    head = ["trick", "learning rate", "diverged", "validation -ELBO of the others"]
-    table_ = tabulate(lines, head, tablefmt="github", floatfmt=("", "g", "", ".2f"), missingval="")
+    head = ["trick", "epochs", "learning rate", "diverged", "validation -ELBO of the others"]
+    table_ = tabulate(lines, head, tablefmt="github", floatfmt=("", "", "g", "", ".2f"),
+                      missingval="")  # fmt: skip
     return ["Each trick at its own rate raised as the baseline's was:", "", table_, ""]
 
 
@@ -354,8 +359,11 @@ def cost(plan: Plan, rows: Rows) -> list[str]:
 
 def finals(found: list[Measures], targets: dict[str, float]) -> str:
     """Each measured baseline's final validation -ELBO, in words."""
-    return "; ".join(f"{m.exp.group}: {m.exp.label}, {targets[name] - WITHIN:.2f} nats"
-                     for name, m in baselines(found).items())  # fmt: skip
+    return "; ".join(
+        f"{m.exp.group}: {m.exp.label} at {m.exp.params.train.epochs} epochs, "
+        f"{targets[name] - WITHIN:.2f} nats"
+        for name, m in baselines(found).items()
+    )
 
 
 def render(out: Path, plan: Plan, rows: Rows) -> Path:
