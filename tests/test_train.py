@@ -20,7 +20,12 @@ from tests.conftest import ROOT, committed_params, free_port
 from vaelab.core.paths import Artifacts, TrainingState
 from vaelab.data.prepared import load_prepared, model_data, read_meta
 from vaelab.model.vae import build_decoder, build_encoder, build_vae
-from vaelab.training.callbacks import MONITOR, EpochHistory, ResumableEarlyStopping
+from vaelab.training.callbacks import (
+    MONITOR,
+    EpochHistory,
+    ResumableEarlyStopping,
+    ResumablePlateau,
+)
 from vaelab.training.history import read_history
 from vaelab.training.kl_schedule import BetaSchedule
 from vaelab.training.loop import build_callbacks, state_dir, train
@@ -378,6 +383,7 @@ def _replay(callback, values: list[float], first: int = 0) -> int | None:
     callback.model.stop_training = False  # as `fit` sets it
     callback.on_train_begin()
     for epoch, value in enumerate(values, first):
+        callback.on_epoch_begin(epoch)
         callback.on_epoch_end(epoch, {MONITOR: value})
         if callback.model.stop_training:
             return epoch + 1
@@ -416,3 +422,60 @@ def test_a_resumed_early_stopping_stops_where_an_uninterrupted_one_does(tmp_path
 
     assert _replay(early([]), values) == 6
     assert _replay(early(values[:4]), values[4:], first=4) == 6
+
+
+def _cuts(plateau: ResumablePlateau, values: list[float], first: int = 0, rate: float = 1.0):
+    """Feed ``values`` to ``plateau`` as epochs from ``first`` on, the optimizer starting at
+    ``rate``; the history rows it leads to (each epoch's rate, as `EpochExtras` logs it)."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(rate))
+    plateau.set_model(model)
+    plateau.on_train_begin()
+    rows = []
+    for epoch, value in enumerate(values, first):
+        plateau.on_epoch_begin(epoch)
+        rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        rows.append({"epoch": epoch + 1, MONITOR: value, "learning_rate": rate})
+        plateau.on_epoch_end(epoch, {MONITOR: value})
+    return rows
+
+
+def test_a_resumed_plateau_cuts_the_rate_where_an_uninterrupted_one_does(tmp_path):
+    """Before, a resume forgot the epochs without improvement: the cut came late."""
+    values = [5.0, 4.0, 4.5, 4.6, 4.7, 4.8, 4.9, 3.0, 3.1, 3.2, 3.3]
+
+    def plateau(rows: list[dict[str, float]]) -> ResumablePlateau:
+        history = EpochHistory(tmp_path / "history.csv")
+        history.rows = rows
+        return ResumablePlateau(history, monitor=MONITOR, mode="min", factor=0.5, patience=2)
+
+    whole = _cuts(plateau([]), values)
+    rates = [1, 1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.125]
+    assert [row["learning_rate"] for row in whole] == rates
+    for cut in (3, 5, 8, 9):
+        resumed = _cuts(plateau(whole[:cut]), values[cut:], cut, whole[cut]["learning_rate"])
+        assert whole[:cut] + resumed == whole
+
+
+def test_the_plateau_waits_for_the_kl_weight_to_settle(tmp_path):
+    """With a cyclical KL weight the plateau cuts nothing before the last cycle's rise ends."""
+    params = committed_params().replace(
+        {
+            "train": {
+                "kl": {"schedule": "cyclical", "free_bits": 0.0},
+                "lr_schedule": {"name": "constant"},
+                "reduce_on_plateau": {"enabled": True},
+            }
+        }
+    )
+    settled = BetaSchedule(params.train.kl, params.train.epochs, 391).settled_epoch()
+    history = EpochHistory(tmp_path / "history.csv")
+    callbacks = build_callbacks(params, TrainingState(tmp_path), history, None, settled)
+    (plateau,) = [c for c in callbacks if isinstance(c, ResumablePlateau)]
+    recorded = [row[MONITOR] for row in read_history(ROOT / "tests/data/kl_cyclical_history.csv")]
+    rate = float(np.float32(params.train.optimizer.learning_rate))
+    assert settled == 114 > len(recorded)
+    assert {row["learning_rate"] for row in _cuts(plateau, recorded, rate=rate)} == {rate}
+    plateau.start_from_epoch = 0  # watched from the start, the cycles look like plateaus
+    plateau.history = EpochHistory(tmp_path / "other.csv")
+    assert len({row["learning_rate"] for row in _cuts(plateau, recorded, rate=rate)}) > 1

@@ -1,5 +1,6 @@
 """Training callbacks: beta and learning rate in the logs, a resumable per-epoch history, the
-best-model checkpoint, and early stopping that remembers the epochs before an interruption."""
+best-model checkpoint, and early stopping and learning-rate cuts on a plateau that remember
+the epochs before an interruption."""
 
 from __future__ import annotations
 
@@ -112,19 +113,53 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.best = value
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose patience counts the epochs recorded before a resume, too (those
-    from ``start_from_epoch`` on, as it would have without the interruption)."""
+class Resumable(keras.callbacks.Callback):
+    """Mixin for callbacks that watch ``monitor`` from ``start_from_epoch`` on: at the first
+    epoch of a fit, the epochs the history recorded before it (a resume's) are handed to
+    `replay`, so the callback counts them as it would have without the interruption."""
 
     def __init__(self, history: EpochHistory, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.history = history
+        self.history, self._replayed = history, False
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        watched = self.history.rows[self.start_from_epoch :]
-        values = [row[self.monitor] for row in watched if self.monitor in row]
-        if values:
-            best = min(range(len(values)), key=values.__getitem__)
-            self.best, self.best_epoch = values[best], self.start_from_epoch + best
-            self.wait = len(values) - 1 - best
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._replayed:
+            self._replayed = True
+            done = self.history.rows[self.start_from_epoch : epoch]
+            if done:
+                self.replay(done)
+
+    def replay(self, rows: list[dict[str, float]]) -> None:
+        raise NotImplementedError
+
+
+class ResumableEarlyStopping(Resumable, keras.callbacks.EarlyStopping):
+    """EarlyStopping whose patience counts the epochs recorded before a resume, too."""
+
+    def replay(self, rows: list[dict[str, float]]) -> None:
+        values = [row[self.monitor] for row in rows]
+        best = min(range(len(values)), key=values.__getitem__)
+        self.best, self.best_epoch = values[best], self.start_from_epoch + best
+        self.wait = len(values) - 1 - best
+
+
+class ResumablePlateau(Resumable, keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau that watches from ``start_from_epoch`` on (Keras' has no such
+    argument) and resumes its count: the recorded epochs are replayed through Keras' own
+    logic, then the learning rate restored with the optimizer's state is put back."""
+
+    def __init__(self, history: EpochHistory, start_from_epoch: int = 0, **kwargs) -> None:
+        super().__init__(history, **kwargs)
+        self.start_from_epoch = start_from_epoch
+
+    def replay(self, rows: list[dict[str, float]]) -> None:
+        optimizer = self.model.optimizer
+        restored = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        for row in rows:
+            optimizer.learning_rate = row["learning_rate"]
+            super().on_epoch_end(int(row["epoch"]) - 1, {self.monitor: row[self.monitor]})
+        optimizer.learning_rate = restored
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch >= self.start_from_epoch:
+            super().on_epoch_end(epoch, logs)

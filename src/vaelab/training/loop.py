@@ -85,9 +85,8 @@ def build_callbacks(
 ) -> list:
     """The training callbacks, in the order their epoch-end hooks must run: the history row
     is written before the backup, and MLflow hears of an epoch only once it is backed up.
-    Early stopping watches from ``settled_epoch`` on (see `BetaSchedule.settled_epoch`) at
-    the earliest."""
-    import keras
+    Early stopping and the plateau's learning-rate cuts watch from ``settled_epoch`` on (see
+    `BetaSchedule.settled_epoch`) at the earliest."""
 
     from vaelab.training.callbacks import (
         MONITOR,
@@ -95,6 +94,7 @@ def build_callbacks(
         BestCheckpoint,
         EpochExtras,
         ResumableEarlyStopping,
+        ResumablePlateau,
         StopOnDivergence,
         StopOnSignal,
     )
@@ -105,7 +105,9 @@ def build_callbacks(
     if cfg.reduce_on_plateau.enabled:
         rop = cfg.reduce_on_plateau
         callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
+            ResumablePlateau(
+                history,
+                start_from_epoch=settled_epoch,
                 monitor=MONITOR,
                 mode="min",
                 factor=rop.factor,
