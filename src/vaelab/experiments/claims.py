@@ -18,7 +18,6 @@ import csv
 import io
 import math
 import statistics
-import textwrap
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,6 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 from scipy import stats
 from tabulate import tabulate
 
@@ -37,6 +34,7 @@ from vaelab.experiments.effects import LEVEL, Interval, welch
 from vaelab.experiments.plan import Experiment, Plan
 from vaelab.experiments.report import END, START, header, replace_section
 from vaelab.experiments.results import OK, Rows, answer, history_file
+from vaelab.report.comparisons import Panel, learning_curves
 from vaelab.report.plots import save_figure
 
 WITHIN = 1.0  # nats above the baseline's final validation -ELBO that count as converged
@@ -260,56 +258,22 @@ def summary_csv(found: list[Measures], targets: dict[str, float]) -> str:
     return out.getvalue()
 
 
-def curves(plan: Plan, every: dict[str, list[Run]], targets: dict[str, float]) -> plt.Figure | None:
-    """Validation -ELBO per epoch, mean and min-max band over seeds: each variant whose -ELBO
-    is comparable over its baseline (black), one panel each; None before any such variant."""
+def panels(plan: Plan, every: dict[str, list[Run]], targets: dict[str, float]) -> list[Panel]:
+    """The learning-curve panels: each variant whose -ELBO is comparable with its baseline's
+    and has a kept history."""
     histories = {
         e.variant: [r.history for r in every[e.variant] if r.history]
         for e in plan.variants()
         if e.group not in (GRID, STRESS) and comparable(e.params, plan.base)
     }
-    shown = [
-        e for e in plan.variants() if histories.get(e.variant) and plan.baseline_of(e) != e.variant
-    ]
-    if not shown:
-        return None
-    cols = 4
-    rows_n = max(1, math.ceil(len(shown) / cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False)
-    for ax, exp in zip(axes.flat, shown, strict=False):
+    shown = []
+    for exp in plan.variants():
         base = plan.baseline_of(exp)
-        if histories.get(base):
-            _band(ax, histories[base], "black", base)
-        _band(ax, histories[exp.variant], "tab:red", exp.label)
-        ax.axhline(targets[base], color="gray", linewidth=0.8, linestyle="--")
-        title = f"{exp.group}: {exp.label}, {exp.params.train.epochs} epochs"
-        ax.set_title(textwrap.fill(title, 60), fontsize=8)
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.grid(alpha=0.2)
-        ends = [h[-1]["val_neg_elbo"] for h in histories[exp.variant]]
-        if math.isfinite(targets[base]):  # from both final values to 12 nats above them
-            ends.append(targets[base] - WITHIN)
-        ax.set_ylim(min(ends) - 1.5, max(ends) + 12)
-    for ax in axes.flat[len(shown) :]:
-        ax.axis("off")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("validation -ELBO, nats")
-    fig.suptitle(f"Validation -ELBO per epoch: each variant (red) over its baseline (black), "
-                 f"mean and min-max band over seeds; dashed: within {WITHIN:g} nat of the "
-                 "baseline's final value")  # fmt: skip
-    fig.tight_layout()
-    return fig
-
-
-def _band(ax, histories: list[list[dict[str, float]]], colour: str, name: str) -> None:
-    length = max(len(h) for h in histories)
-    values = np.full((len(histories), length), np.nan)
-    for i, h in enumerate(histories):
-        values[i, : len(h)] = [e["val_neg_elbo"] for e in h]
-    epochs = np.arange(1, length + 1)
-    ax.plot(epochs, np.nanmean(values, axis=0), color=colour, linewidth=1, label=name)
-    ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour,
-                    alpha=0.2, linewidth=0)  # fmt: skip
+        if histories.get(exp.variant) and base != exp.variant:
+            title = f"{exp.group}: {exp.label}, {exp.params.train.epochs} epochs"
+            shown.append(Panel(title, exp.label, histories[exp.variant], base,
+                               histories.get(base, []), targets[base]))  # fmt: skip
+    return shown
 
 
 def stressed(plan: Plan, every: dict[str, list[Run]]) -> list[str]:
@@ -372,9 +336,9 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
     rate, grid = stress_rate(plan, every)
     found, targets = measure(plan, every, rate, grid)
     write_text(out / SUMMARY, summary_csv(found, targets))
-    figure = curves(plan, every, targets)
-    if figure:
-        save_figure(figure, out / CURVES)
+    shown = panels(plan, every, targets)
+    if shown:
+        save_figure(learning_curves(shown, WITHIN), out / CURVES)
     based = any(m.exp.variant == "baseline" for m in found)
     generated = [
         *header(plan, rows, lambda e: e.group not in (GRID, STRESS)),
@@ -387,7 +351,7 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
         else "No finished run of the baseline yet: nothing to compare with.",
         "",
         table(found) if based else "",
-        *([f"![learning curves]({CURVES})", ""] if figure else []),
+        *([f"![learning curves]({CURVES})", ""] if shown else []),
         "### The stress rate: the baseline at rising learning rates",
         "",
         tabulate(

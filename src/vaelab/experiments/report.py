@@ -15,8 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from adjustText import adjust_text
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+from matplotlib.ticker import FormatStrFormatter
 from tabulate import tabulate
 
 from vaelab.core.atomic import write_text
@@ -24,6 +23,8 @@ from vaelab.core.paths import ABLATION
 from vaelab.experiments.effects import LEVEL, Summary, same_runs, summarize
 from vaelab.experiments.plan import Experiment, Plan
 from vaelab.experiments.results import METRICS, OK, Rows, answer
+from vaelab.report import comparisons
+from vaelab.report.comparisons import RatePoint
 from vaelab.report.plots import save_figure
 
 TUNING = "tuning"  # the group of the learning-rate tuning runs: a table of its own
@@ -164,34 +165,18 @@ def forest(found: list[Summary]) -> plt.Figure:
 
 
 def rate_distortion(found: list[Summary]) -> plt.Figure:
-    """Mean rate and distortion per variant (± sd over seeds), lines of equal -ELBO, and every
-    variant labelled where adjustText finds room."""
-    points = [s for s in found if s.exp.metric == "test_nll" and "rate" in s.means]
-    fig, ax = plt.subplots(figsize=(12, 9))
-    xs, ys = (np.array([s.means[c] for s in points]) for c in ("rate", "distortion"))
-    for s, x, y in zip(points, xs, ys, strict=True):
-        base = s.exp.variant == "baseline"
-        ax.errorbar(x, y, np.nan_to_num(s.sds["distortion"]), np.nan_to_num(s.sds["rate"]),
-                    fmt="*" if base else "o", markersize=12 if base else 5, elinewidth=0.8,
-                    color=COLOURS.get("baseline" if base else s.verdict, "tab:blue"))  # fmt: skip
-    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-    ax.set_autoscale_on(False)
-    for total in MaxNLocator(6).tick_values(x0 + y0, x1 + y1)[1:-1]:
-        ax.plot([x0, x1], [total - x0, total - x1], color="lightgray", linewidth=1, zorder=0)
-        x = min(x1, total - y0)
-        style = {"fontsize": 7, "color": "gray", "ha": "right", "va": "bottom"}
-        ax.annotate(f"-ELBO {total:g}", (x, total - x), **style)
-    texts = [ax.text(x, y, s.exp.label, fontsize=7) for s, x, y in zip(points, xs, ys, strict=True)]
-    line = {"arrowstyle": "-", "color": "gray", "linewidth": 0.5}
-    if texts:
-        adjust_text(
-            texts, xs, ys, ax=ax, expand=(1.1, 1.8), force_explode=(0.2, 1), arrowprops=line
-        )
-    ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats (test set, mean over seeds)")
-    ax.set_ylabel("distortion: -log p(x|z), nats")
-    ax.set_title("Rate-distortion of every variant (star: baseline); grey lines: equal -ELBO")
-    ax.grid(alpha=0.2)
-    return fig
+    """Mean rate and distortion per variant (± sd over seeds), coloured by verdict."""
+    points = []
+    for s in found:
+        if s.exp.metric == "test_nll" and "rate" in s.means:
+            base = s.exp.variant == "baseline"
+            colour = COLOURS.get("baseline" if base else s.verdict, "tab:blue")
+            sds = (float(np.nan_to_num(s.sds[c])) for c in ("rate", "distortion"))
+            points.append(RatePoint(s.exp.label, s.means["rate"], s.means["distortion"], *sds,
+                                    colour=colour, star=base))  # fmt: skip
+    return comparisons.rate_distortion(
+        points, "Rate-distortion of every variant (star: baseline)", "test set, mean over seeds"
+    )
 
 
 def replace_section(text: str, name: str, content: str) -> str:

@@ -27,6 +27,8 @@ from tabulate import tabulate
 
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
+from vaelab.report import comparisons
+from vaelab.report.comparisons import RatePoint
 from vaelab.report.plots import save_figure
 from vaelab.tracking.runs import KIND_TAG, tag_filter
 
@@ -128,21 +130,16 @@ def table_markdown(rows: list[RunRow]) -> str:
 
 
 def rate_distortion(rows: list[RunRow]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(7, 5))
-    points = [(r.number("kl_rate"), r.number("reconstruction"), r) for r in rows]
-    points = [(x, y, r) for x, y, r in points if x is not None and y is not None]
-    for x, y, row in points:
-        ax.scatter(x, y, s=40)
-        ax.annotate(row.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    points = [
+        RatePoint(r.label, r.number("kl_rate"), r.number("reconstruction"))
+        for r in rows
+        if r.number("kl_rate") is not None and r.number("reconstruction") is not None
+    ]
     missing = len(rows) - len(points)
-    ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats")
-    ax.set_ylabel("distortion: -log p(x|z), nats")
-    ax.set_title(
-        "Rate-distortion of the runs (test set)"
-        + (f"; {missing} run(s) without metrics not shown" if missing else "")
+    title = "Rate-distortion of the runs" + (
+        f"; {missing} run(s) without metrics not shown" if missing else ""
     )
-    ax.grid(alpha=0.3)
-    return fig
+    return comparisons.rate_distortion(points, title)
 
 
 def validation_curves(rows: list[RunRow]) -> plt.Figure:
