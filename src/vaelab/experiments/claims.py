@@ -31,10 +31,10 @@ from tabulate import tabulate
 from vaelab.core.atomic import write_text
 from vaelab.core.params import Params
 from vaelab.experiments.effects import LEVEL, Interval, welch
+from vaelab.experiments.figures import Panel, learning_curves
 from vaelab.experiments.plan import Experiment, Plan
 from vaelab.experiments.report import END, START, header, replace_section
 from vaelab.experiments.results import OK, Rows, answer, history_file
-from vaelab.report.comparisons import Panel, learning_curves
 from vaelab.report.plots import save_figure
 
 WITHIN = 1.0  # nats above the baseline's final validation -ELBO that count as converged

@@ -20,11 +20,11 @@ from tabulate import tabulate
 
 from vaelab.core.atomic import write_text
 from vaelab.core.paths import ABLATION
+from vaelab.experiments import figures
 from vaelab.experiments.effects import LEVEL, Summary, same_runs, summarize
+from vaelab.experiments.figures import RatePoint
 from vaelab.experiments.plan import Experiment, Plan
 from vaelab.experiments.results import METRICS, OK, Rows, answer
-from vaelab.report import comparisons
-from vaelab.report.comparisons import RatePoint
 from vaelab.report.plots import save_figure
 
 TUNING = "tuning"  # the group of the learning-rate tuning runs: a table of its own
@@ -174,7 +174,7 @@ def rate_distortion(found: list[Summary]) -> plt.Figure:
             sds = (float(np.nan_to_num(s.sds[c])) for c in ("rate", "distortion"))
             points.append(RatePoint(s.exp.label, s.means["rate"], s.means["distortion"], *sds,
                                     colour=colour, star=base))  # fmt: skip
-    return comparisons.rate_distortion(
+    return figures.rate_distortion(
         points, "Rate-distortion of every variant (star: baseline)", "test set, mean over seeds"
     )
 

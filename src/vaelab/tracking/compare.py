@@ -27,8 +27,8 @@ from tabulate import tabulate
 
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
-from vaelab.report import comparisons
-from vaelab.report.comparisons import RatePoint
+from vaelab.experiments import figures
+from vaelab.experiments.figures import RatePoint
 from vaelab.report.plots import save_figure
 from vaelab.tracking.runs import KIND_TAG, tag_filter
 
@@ -139,7 +139,7 @@ def rate_distortion(rows: list[RunRow]) -> plt.Figure:
     title = "Rate-distortion of the runs" + (
         f"; {missing} run(s) without metrics not shown" if missing else ""
     )
-    return comparisons.rate_distortion(points, title)
+    return figures.rate_distortion(points, title)
 
 
 def validation_curves(rows: list[RunRow]) -> plt.Figure:
