@@ -313,3 +313,23 @@ def test_the_local_executor_runs_the_dvc_vaelab_is_installed_with(tmp_path, monk
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     (outcome,) = LocalExecutor().run([Job("x-baseline-s1", "train", ("base.seed=1",))])
     assert not outcome.ok and "not inside of a DVC repository" in outcome.log
+
+
+def test_the_comparisons_rate_distortion_plane_has_lines_of_equal_elbo_and_every_label():
+    """A sweep over KL weightings reads along lines of equal -ELBO, as the ablation's plane
+    does (compare's own figure had none); a run without metrics is named in the title."""
+    rows = [
+        compare.RunRow(f"{beta:032}", {"beta": str(beta), "kl_rate": rate, "reconstruction": d})
+        for beta, rate, d in ((1, 27.0, 62.0), (2, 18.0, 80.0), (4, 10.0, 99.0))
+    ]
+    rows.append(compare.RunRow("f" * 32, {"beta": "8"}))  # failed: no metrics
+    figure = compare.rate_distortion(rows)
+    (ax,) = figure.axes
+    texts = [t.get_text() for t in ax.texts]
+    assert {"beta=1", "beta=2", "beta=4"} <= set(texts)
+    labelled = [float(t.removeprefix("-ELBO ")) for t in texts if t.startswith("-ELBO ")]
+    sums = [np.add(*line.get_data()) for line in ax.lines if len(line.get_xdata()) == 2]
+    drawn = {round(float(s[0]), 6) for s in sums if np.isclose(s[0], s[1])}  # x + y constant
+    assert labelled and {round(v, 6) for v in labelled} <= drawn
+    assert "1 run(s) without metrics" in ax.get_title()
+    plt.close(figure)
