@@ -173,7 +173,11 @@ def test_mlproject_train_entry_point(project, real_mirror):
     runs = _training_runs(client, beta="3")
     assert len(runs) == 1  # the project's run is the training run: no second, empty run
     (r,) = runs
-    assert r.info.status == "FINISHED" and r.info.run_name == "beta=3 linear, mlp z=3"
+    assert r.info.status == "FINISHED"
+    assert (
+        r.info.run_name
+        == "train.epochs=1 architecture.latent_dim=3 kl.beta=3 kl.schedule=linear kl.free_bits=0"
+    )
     assert r.data.params["train.architecture.latent_dim"] == "3"
     assert r.data.tags["mlflow.project.entryPoint"] == "train"
     assert "test_nll" in r.data.metrics and r.data.tags["data_md5.train"]

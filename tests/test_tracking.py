@@ -6,7 +6,7 @@ import ast
 import shutil
 from pathlib import Path
 
-from tests.conftest import ROOT, committed_params
+from tests.conftest import ROOT, commit_all, committed_params, run
 from vaelab.core.paths import project_root
 from vaelab.tracking.runs import run_name, run_tags
 from vaelab.tracking.store import tracking_uri
@@ -44,6 +44,41 @@ def test_run_name_says_what_differs():
     assert run_name(params) == f"beta=4 cyclical fb=0.5, {arch.kind} z={arch.latent_dim}"
     named = committed_params().replace({"train": {"run_name": "my run"}})
     assert run_name(named) == "my run"
+
+
+def test_a_runs_name_lists_the_params_that_differ_from_the_committed_ones(tmp_path):
+    """Every run of the ablation was named ``beta=1 constant fb=0.25, mlp z=32``: in the
+    MLflow UI nothing told early stopping at patience 5 from the default."""
+    repo, elsewhere = tmp_path / "repo", tmp_path / "not-a-repo"
+    repo.mkdir(), elsewhere.mkdir()
+    run(["git", "init", "-q"], repo)
+    shutil.copy(ROOT / "params.yaml", repo)
+    commit_all(repo, "params")
+    default = committed_params()
+    changed = default.replace(
+        {
+            "base": {"seed": 2},
+            "train": {"early_stopping": {"patience": 5}, "kl": {"beta": 0.5}},
+            "tracking": {"sweep": "ablation"},  # how it is logged, not what it is
+        }
+    )
+    assert run_name(changed, repo) == "base.seed=2 kl.beta=0.5 early_stopping.patience=5"
+    assert run_name(default, repo) == run_name(default)  # nothing differs: the KL and model
+    assert run_name(changed, elsewhere) == run_name(changed)  # outside git
+    many = default.replace({"prepare": {"augment": {"rotation": 17.5}}, "train": {"epochs": 7}})
+    assert run_name(many, repo) == "augment.rotation=17.5 train.epochs=7"
+    tutorial = {  # 21 changes: more than MLflow's 250 characters
+        "prepare": {"binarize": "none", "augment": {"enabled": True, "rotation": 20, "shift": 0.2,
+                    "shear": 0.2, "zoom": 0.2, "horizontal_flip": True}},
+        "train": {"batch_size": 32, "epochs": 60, "architecture": {"batch_norm": True},
+                  "likelihood": {"kind": "gaussian"},
+                  "kl": {"schedule": "linear", "free_bits": 0.0, "warmup": 5},
+                  "optimizer": {"learning_rate": 0.001}, "lr_schedule": {"name": "exponential"},
+                  "early_stopping": {"patience": 5}},
+        "evaluate": {"importance_samples": 50, "prior_samples": 500},
+    }  # fmt: skip
+    name = run_name(default.replace(tutorial), repo)
+    assert len(name) == 250 and name.startswith("prepare.binarize=none ") and name[-1] == "…"
 
 
 def test_relative_sqlite_uri_is_anchored_at_the_project_root(tmp_path):

@@ -11,10 +11,13 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError, redact
 from vaelab.core.git import git
-from vaelab.core.params import Params
+from vaelab.core.overrides import differences, dvc_value
+from vaelab.core.params import Params, validate
 from vaelab.core.paths import Artifacts, project_root
 from vaelab.tracking.datasets import log_datasets
 from vaelab.tracking.store import check_run_id, connect, ensure_experiment
@@ -51,15 +54,40 @@ def git_state(root: Path) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower()}
 
 
-def run_name(params: Params) -> str:
-    """What distinguishes the run at a glance, e.g. ``beta=4 cyclical fb=0.5, mlp z=32``."""
+NAMED_BY = ("base", "prepare", "train", "classifier", "evaluate", "figures")  # not tracking
+NAME_LENGTH = 250  # MLflow's column for run names (enforced by PostgreSQL)
+
+
+def run_name(params: Params, root: Path | None = None) -> str:
+    """What distinguishes the run at a glance: the params that differ from the params.yaml
+    committed at ``root``'s HEAD, as ``section.key=value`` (``kl.beta=4 base.seed=2`` in a
+    DVC experiment), else the KL weighting and model (``beta=1 constant fb=0.25, mlp z=32``)."""
     if params.train.run_name:
         return params.train.run_name
+    changed = differences(params, committed, NAMED_BY) if (committed := _committed(root)) else {}
+    if changed:
+        name = " ".join(f"{'.'.join(k.split('.')[-2:])}={_short(v)}" for k, v in changed.items())
+        return name if len(name) <= NAME_LENGTH else name[: NAME_LENGTH - 1] + "…"
     kl, arch = params.train.kl, params.train.architecture
     name = f"beta={kl.beta:g} {kl.schedule}"
     if kl.free_bits:
         name += f" fb={kl.free_bits:g}"
     return f"{name}, {arch.kind} z={arch.latent_dim}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else dvc_value(value)
+
+
+def _committed(root: Path | None) -> Params | None:
+    """params.yaml as committed at ``root``'s HEAD; None outside git or for another schema."""
+    if root is None:
+        return None
+    try:
+        shown = git("show", "HEAD:params.yaml", cwd=root, check=False)
+        return validate(yaml.safe_load(shown.stdout), "HEAD:params.yaml")
+    except (VaelabError, yaml.YAMLError, TypeError):
+        return None
 
 
 def start_training_run(
@@ -89,7 +117,7 @@ def start_training_run(
         client.update_run(run_id, status="RUNNING")
         print(f"resuming MLflow run {run_id} from {run_file.parent}")
         return run_id
-    name = run_name(params)
+    name = run_name(params, project_root(environ))
     tags = {**run_tags(params, project_root(environ), data_md5, environ), "mlflow.runName": name}
     if adopted:
         run_id = adopted
