@@ -413,15 +413,19 @@ def test_a_resumed_early_stopping_stops_where_an_uninterrupted_one_does(tmp_path
     """Patience counts the epochs before a resume only from ``start_from_epoch`` on."""
     values = [1.0, 5.0, 4.0, 3.0, 3.5, 3.6, 3.7]
 
-    def early(rows: list[float]) -> ResumableEarlyStopping:
+    def early(rows: list[float], min_delta: float = 0.0) -> ResumableEarlyStopping:
         history = EpochHistory(tmp_path / "history.csv")
         history.rows = [{"epoch": e + 1, MONITOR: v} for e, v in enumerate(rows)]
         return ResumableEarlyStopping(
-            history, monitor=MONITOR, mode="min", patience=2, start_from_epoch=2
-        )
+            history, monitor=MONITOR, mode="min", patience=2, start_from_epoch=2,
+            min_delta=min_delta,
+        )  # fmt: skip
 
     assert _replay(early([]), values) == 6
     assert _replay(early(values[:4]), values[4:], first=4) == 6
+    # 3.0 is no improvement on 4.0 by min_delta = 1.5: patience runs out at epoch 5
+    assert _replay(early([], 1.5), values) == 5
+    assert _replay(early(values[:4], 1.5), values[4:], first=4) == 5
 
 
 def _cuts(plateau: ResumablePlateau, values: list[float], first: int = 0, rate: float = 1.0):

@@ -137,10 +137,13 @@ class ResumableEarlyStopping(Resumable, keras.callbacks.EarlyStopping):
     """EarlyStopping whose patience counts the epochs recorded before a resume, too."""
 
     def replay(self, rows: list[dict[str, float]]) -> None:
-        values = [row[self.monitor] for row in rows]
-        best = min(range(len(values)), key=values.__getitem__)
-        self.best, self.best_epoch = values[best], self.start_from_epoch + best
-        self.wait = len(values) - 1 - best
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        for epoch, row in enumerate(rows, self.start_from_epoch):
+            if self._is_improvement(row[self.monitor], self.best):  # Keras' test, min_delta too
+                self.best, self.best_epoch, self.wait = row[self.monitor], epoch, 0
+            else:
+                self.wait += 1
 
 
 class ResumablePlateau(Resumable, keras.callbacks.ReduceLROnPlateau):
