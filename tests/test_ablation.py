@@ -254,6 +254,31 @@ def test_only_a_diverging_training_is_recorded_as_a_result(repo):
         0, 2, "fails to train")  # fmt: skip
 
 
+def test_a_diverged_run_keeps_its_epochs_from_its_mlflow_run(repo, monkeypatch):
+    """DVC commits no experiment for a failed stage, so a diverged run kept no history; its
+    MLflow run has every epoch up to the divergence."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    with mlflow.start_run(tags={"dvc_exp_name": "abl-beta-2-s1"}):
+        for epoch, value in ((1, 120.5), (2, 110.25)):
+            mlflow.log_metrics({"val_neg_elbo": value, "loss": value + 1}, step=epoch)
+        mlflow.log_metric("system/cpu_utilization_percentage", 99.0, step=1)
+    diverged = "error: training diverged: loss nan in epoch 3, at batch 3.\n"
+    fake = FakeExecutor(repo, fail=lambda job: diverged if "beta" in job.name else None)
+    _run(repo, fake)
+    kept = repo / "abl" / "histories"
+    with (kept / "abl-beta-2-s1.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["epoch"], r["val_neg_elbo"], r["loss"]) for r in rows] == [
+        ("1", "120.5", "121.5"), ("2", "110.25", "111.25")]  # fmt: skip
+    assert not (kept / "abl-beta-2-s2.csv").exists()  # no MLflow run of it: nothing to keep
+    rows = read_rows(repo / "abl" / RESULTS)
+    assert [r["status"] for r in rows if r["variant"] == "beta-2"] == [
+        "failed: training diverged: loss nan in epoch 3, at batch 3."] * 2  # fmt: skip
+
+
 def test_a_screening_at_one_seed_reports_its_differences_without_a_verdict(repo):
     spec = {**TINY_PLAN, "seeds": [1], "variants": [{**v, "seeds": [1]} for v in
                                                   TINY_PLAN["variants"]]}  # fmt: skip

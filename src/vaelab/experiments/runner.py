@@ -1,6 +1,7 @@
 """One runner for every job (a sweep, the ablation): the plan's experiments not answered yet
 go to an executor, and each that finishes is collected from its experiment and recorded.
-Only a diverged training is a result; any other failure (a server down, a full disk, a
+Only a diverged training is a result (its epochs kept from its MLflow run, since DVC commits
+no experiment for a failed stage); any other failure (a server down, a full disk, a
 killed stage) stops the job with its cause and records nothing: the same command resumes."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vaelab.core.errors import DIVERGED, VaelabError
+from vaelab.core.atomic import write_text
+from vaelab.core.errors import DIVERGED, VaelabError, cause
 from vaelab.core.git import git
 from vaelab.core.overrides import differences, pairs
 from vaelab.core.params import Params
@@ -21,6 +23,7 @@ from vaelab.executors import Executor, Job
 from vaelab.experiments import results
 from vaelab.experiments.plan import Experiment, Plan
 from vaelab.experiments.results import OK, Rows, answer, append_row, read_rows
+from vaelab.training.history import history_csv
 
 
 @functools.cache
@@ -98,6 +101,8 @@ def _record(file: Path, exp: Experiment, ref: str, seconds: float, error: str = 
     numbers = {} if error else results.outputs(exp, ref)
     if numbers:
         results.keep_history(file.parent, exp, ref)
+    elif error:
+        _keep_epochs_before_divergence(file.parent, exp)
     return append_row(
         file,
         {
@@ -113,3 +118,19 @@ def _record(file: Path, exp: Experiment, ref: str, seconds: float, error: str = 
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
+
+
+def _keep_epochs_before_divergence(folder: Path, exp: Experiment) -> None:
+    """A diverged experiment's history, from its MLflow run (DVC committed none); a store
+    that does not answer costs the history only, with a warning."""
+    from vaelab.tracking.runs import recorded_epochs
+    from vaelab.tracking.store import connect
+
+    try:
+        connect()
+        rows = recorded_epochs(exp.name)
+    except Exception as exc:  # the row is the result; its epochs are a bonus
+        print(f"warning: the epochs of {exp.name} are not kept: {cause(exc)}", file=sys.stderr)
+        return
+    if rows:
+        write_text(results.history_file(folder, exp), history_csv(rows))

@@ -90,6 +90,29 @@ def _committed(root: Path | None) -> Params | None:
         return None
 
 
+def recorded_epochs(exp_name: str) -> list[dict[str, float]]:
+    """The epochs MLflow holds of the newest training run of DVC experiment ``exp_name``, as
+    history rows: a diverged training's too, whose experiment DVC never commits. [] if there
+    is no such run."""
+    import mlflow
+
+    found = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=tag_filter("dvc_exp_name", exp_name),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not found:
+        return []
+    client, rows = mlflow.MlflowClient(), {}
+    for key in (k for k in found[0].data.metrics if "/" not in k):  # not system/... metrics
+        for metric in client.get_metric_history(found[0].info.run_id, key):
+            if metric.step >= 1:  # per-epoch metrics have step = epoch
+                rows.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
 def start_training_run(
     params: Params,
     data_md5: Mapping[str, str],
