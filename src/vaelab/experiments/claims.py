@@ -126,15 +126,18 @@ class Measures:
     values: dict[str, list[float]]
     never: int | None  # seeds that never converged; None: not comparable
     diverged: str  # "k of n" at the stress rate, or ""
+    done: list[Run]  # the finished runs
 
     @property
     def n(self) -> int:
         return len(self.values["metric"])
 
     def versus(self, base: Measures) -> dict[str, Interval | None]:
-        """Each measure's interval against ``base`` (the spread: a ratio of sds)."""
-        found = {k: welch(v, base.values.get(k, [])) for k, v in self.values.items()}
-        return found | {"spread": sd_ratio(self.values["metric"], base.values["metric"])}
+        """Each measure's interval against ``base``, its metric being this variant's (the
+        spread: a ratio of sds)."""
+        theirs = base.values | {"metric": [r.value(self.exp.metric) for r in base.done]}
+        found = {k: welch(v, theirs.get(k, [])) for k, v in self.values.items()}
+        return found | {"spread": sd_ratio(self.values["metric"], theirs["metric"])}
 
 
 def diverged(done: list[Run]) -> tuple[str, float | None]:
@@ -186,7 +189,7 @@ def measure(
         stress = diverged(stressed)[0] if stressed else ""
         if first.variant == "baseline":  # its stressed runs are the grid's at the stress rate
             stress = next((line[1] for line in grid if line[0] == rate), "")
-        found.append(Measures(first, base, len(mine) - len(good), values, never, stress))
+        found.append(Measures(first, base, len(mine) - len(good), values, never, stress, good))
     return found, targets
 
 
