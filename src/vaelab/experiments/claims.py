@@ -130,7 +130,7 @@ class Measures:
 
     @property
     def n(self) -> int:
-        return len(self.values["metric"])
+        return len(self.done)
 
     def versus(self, base: Measures) -> dict[str, Interval | None]:
         """Each measure's interval against ``base``, its metric being this variant's (the

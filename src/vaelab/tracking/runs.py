@@ -64,7 +64,8 @@ def run_name(params: Params, root: Path | None = None) -> str:
     DVC experiment), else the KL weighting and model (``beta=1 constant fb=0.25, mlp z=32``)."""
     if params.train.run_name:
         return params.train.run_name
-    changed = differences(params, committed, NAMED_BY) if (committed := _committed(root)) else {}
+    committed = _committed(root)
+    changed = differences(params, committed, NAMED_BY) if committed else {}
     if changed:
         name = " ".join(f"{'.'.join(k.split('.')[-2:])}={_short(v)}" for k, v in changed.items())
         return name if len(name) <= NAME_LENGTH else name[: NAME_LENGTH - 1] + "…"
@@ -140,8 +141,9 @@ def start_training_run(
         client.update_run(run_id, status="RUNNING")
         print(f"resuming MLflow run {run_id} from {run_file.parent}")
         return run_id
-    name = run_name(params, project_root(environ))
-    tags = {**run_tags(params, project_root(environ), data_md5, environ), "mlflow.runName": name}
+    root = project_root(environ)
+    name = run_name(params, root)
+    tags = {**run_tags(params, root, data_md5, environ), "mlflow.runName": name}
     if adopted:
         run_id = adopted
         for key, value in tags.items():
