@@ -333,6 +333,14 @@ def finals(found: list[Measures], targets: dict[str, float]) -> str:
     )
 
 
+def apart(found: list[Measures]) -> list[str]:
+    """The line naming the tricks the learning curves leave out (their -ELBO in other units)."""
+    names = [f"{m.exp.group}: {m.exp.label}" for m in found if m.never is None]
+    if not names:
+        return []
+    return [f"Not drawn, their validation -ELBO being in other units: {'; '.join(names)}."]
+
+
 def render(out: Path, plan: Plan, rows: Rows) -> Path:
     """claims.csv, the learning curves and claims.md's generated part; returns the page."""
     every = {e.variant: runs(out, plan, rows, e.variant) for e in plan.variants()}
@@ -354,7 +362,7 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
         else "No finished run of the baseline yet: nothing to compare with.",
         "",
         table(found) if based else "",
-        *([f"![learning curves]({CURVES})", ""] if shown else []),
+        *([f"![learning curves]({CURVES})", "", *apart(found), ""] if shown else []),
         "### The stress rate: the baseline at rising learning rates",
         "",
         tabulate(
