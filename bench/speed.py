@@ -1,16 +1,17 @@
 """Training and evaluation speed, side by side: the train stage, a bare Keras loop, and what
 the stack offers (XLA, steps_per_execution, batch size, threads), on this machine.
 
-    python bench/speed.py [--images 10000] [--epochs 4] [--rounds 3]
+    python bench/speed.py [--images 10000] [--epochs 4] [--rounds 3] [-S KEY=VALUE ...]
 
 Every configuration runs in a fresh interpreter (TensorFlow's thread settings are fixed at
 start-up), and the configurations take turns for ``--rounds`` rounds, so a noisy neighbour
 slows all of them alike; the medians are reported as ratios to the bare Keras loop at batch
-128. The first epoch of each run (tracing) is not timed. For evaluation, decoder samples per
-second of the IWAE estimate (`vaelab.evaluation.likelihood.estimate`) are measured the same
-way. FLOP rates count the dense layers' multiply-adds (2 FLOPs each; a training step is taken
-as 3 forward passes) against the cores' peak, ``--peak-flops-per-cycle`` FLOPs per cycle per
-core at the clock /proc/cpuinfo reports.
+128. The first epoch of each run (tracing) is not timed. ``-S`` sets params as `dvc exp run
+-S` does (another architecture, say) for every configuration. For evaluation, decoder
+samples per second of the IWAE estimate (`vaelab.evaluation.likelihood.estimate`) are
+measured the same way. FLOP rates count the dense and convolution layers' multiply-adds (2
+FLOPs each; a training step is taken as 3 forward passes) against the cores' peak,
+``--peak-flops-per-cycle`` FLOPs per cycle per core at the clock /proc/cpuinfo reports.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CONFIGS = {  # name: (kind, batch, jit, steps_per_execution, threads, backend)
@@ -54,10 +56,19 @@ EVAL_CONFIGS = {  # name: (batch_size, chunk, jit, backend)
 BASELINE = "bare fit, batch 128"
 
 
-def _params(images: int, epochs: int, batch: int, spe: int = 1, backend: str = "tensorflow"):
+def _base(settings: list[str]):
+    """params.yaml with ``settings`` (``KEY=VALUE``, as `dvc exp run -S` takes them)."""
+    from vaelab.core.overrides import nested, split_override
     from vaelab.core.params import load_params
 
-    base = load_params(ROOT / "params.yaml")
+    flat = dict(split_override(item) for item in settings)
+    return load_params(ROOT / "params.yaml").replace(
+        nested({k: yaml.safe_load(v) for k, v in flat.items()})
+    )
+
+
+def _params(settings: list[str], images: int, epochs: int, batch: int, spe: int, backend: str):
+    base = _base(settings)
     val = max(batch, images // 10)
     return base.replace(
         {
@@ -75,20 +86,34 @@ def _params(images: int, epochs: int, batch: int, spe: int = 1, backend: str = "
     )
 
 
-def dense_macs(*models) -> int:
-    """Multiply-adds per example of the Dense layers of ``models``."""
+def macs(*models) -> int:
+    """Multiply-adds per example of the Dense and convolution layers of ``models``."""
     import keras
 
-    return sum(
-        int(np.prod(layer.kernel.shape))
-        for model in models
-        for layer in model.layers
-        if isinstance(layer, keras.layers.Dense)
-    )
+    def one(layer) -> int:
+        if not isinstance(
+            layer, (keras.layers.Dense, keras.layers.Conv2D, keras.layers.Conv2DTranspose)
+        ):
+            return 0
+        kernel = int(np.prod(layer.kernel.shape))
+        if isinstance(layer, keras.layers.Conv2DTranspose):  # each input position, once
+            return kernel * int(np.prod(layer.input.shape[1:3]))
+        if isinstance(layer, keras.layers.Conv2D):  # each output position
+            return kernel * int(np.prod(layer.output.shape[1:3]))
+        return kernel
+
+    return sum(one(layer) for model in models for layer in model.layers)
 
 
 def one_training(
-    kind: str, batch: int, jit: bool, spe: int, images: int, epochs: int, backend: str
+    kind: str,
+    batch: int,
+    jit: bool,
+    spe: int,
+    images: int,
+    epochs: int,
+    backend: str,
+    settings: list[str],
 ) -> dict:
     """Seconds per epoch (median after the first) of one configuration, in this process."""
     from vaelab.core.paths import Artifacts
@@ -99,7 +124,7 @@ def one_training(
     from vaelab.training.loop import train
     from vaelab.training.optim import build_optimizer
 
-    params = _params(images, epochs, batch, spe, backend)
+    params = _params(settings, images, epochs, batch, spe, backend)
     os.chdir(tempfile.mkdtemp(prefix="vaelab-speed-"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     paths = Artifacts.of(params)
@@ -129,7 +154,7 @@ def one_training(
     per_epoch = statistics.median(times[1:])
     return {
         "images_per_second": params.prepare.train_size / per_epoch,
-        "macs_per_image": dense_macs(model.encoder, model.decoder),
+        "macs_per_image": macs(model.encoder, model.decoder),
     }
 
 
@@ -190,16 +215,15 @@ def _bare_loop(model, optimizer, x: np.ndarray, batch: int, epochs: int) -> list
     return times
 
 
-def one_evaluation(batch: int, chunk: int, jit: bool, samples: int) -> dict:
+def one_evaluation(batch: int, chunk: int, jit: bool, samples: int, settings: list[str]) -> dict:
     """Decoder samples per second of the IWAE estimate's step (the one `estimate` runs) on
     this process's Keras backend (TensorFlow: with or without XLA)."""
     import keras
 
-    from vaelab.core.params import load_params
     from vaelab.evaluation.likelihood import _batch_estimates, compiled, noise
     from vaelab.model.vae import build_vae
 
-    params = load_params(ROOT / "params.yaml")
+    params = _base(settings)
     vae = build_vae(params.train, seed=0)
     x = (np.random.default_rng(0).random((1000, 28, 28, 1)) < 0.2).astype("float32")
     eps = noise(samples, batch, params.train.architecture.latent_dim, 0, 0)
@@ -217,7 +241,7 @@ def one_evaluation(batch: int, chunk: int, jit: bool, samples: int) -> dict:
     seconds = time.perf_counter() - started
     return {
         "samples_per_second": len(x) * samples / seconds,
-        "decoder_macs_per_sample": dense_macs(vae.decoder),
+        "decoder_macs_per_sample": macs(vae.decoder),
     }
 
 
@@ -260,6 +284,14 @@ def main() -> None:
         default="",
         help="only the configurations whose name matches this regex (the baseline always runs)",
     )
+    parser.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params setting for every configuration, as for `dvc exp run -S`",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -277,12 +309,13 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name in train_runs:
             kind, batch, jit, spe, threads, backend = TRAIN_CONFIGS[name]
-            spec = ["train", kind, batch, jit, spe, args.images, args.epochs, backend]
+            spec = ["train", kind, batch, jit, spe, args.images, args.epochs, backend, args.set]
             train_runs[name].append(_child(spec, threads, backend))
             print(f"round {round_ + 1}: {name}: {train_runs[name][-1]}", file=sys.stderr)
         for name in eval_runs:
             batch, chunk, jit, backend = EVAL_CONFIGS[name]
-            eval_runs[name].append(_child(["eval", batch, chunk, jit, args.samples], 0, backend))
+            spec = ["eval", batch, chunk, jit, args.samples, args.set]
+            eval_runs[name].append(_child(spec, 0, backend))
             print(f"round {round_ + 1}: {name}: {eval_runs[name][-1]}", file=sys.stderr)
 
     peak, cpu = peak_flops(args.peak_flops_per_cycle)

@@ -58,3 +58,20 @@ def test_every_override_an_entry_point_sets_is_a_valid_param(entry, tmp_path):
             committed_params().replace(
                 nested({key: yaml.safe_load(one)})
             )  # a bad key raises, named
+
+
+def test_the_long_plan_runs_what_the_long_entry_point_runs(tmp_path):
+    """docs/long/variants.yaml's baseline is `mlflow run . -e long`: the same overrides, so
+    the plan measures the profile users run (it trained on JAX while the entry point did not
+    say; the conv net trains at half the speed there)."""
+    from vaelab.core.params import load_params
+    from vaelab.experiments.plan import load_plan
+
+    tokens = _tokens(PROJECT.get_entry_point("long").compute_command({}, str(tmp_path)))
+    entry = dict(tokens[i + 1].split("=", 1) for i, t in enumerate(tokens) if t == "-S")
+    base = load_params(ROOT / "docs" / "long" / "baseline.yaml")  # params.yaml when planned
+    entry = base.replace(nested({k: yaml.safe_load(v) for k, v in entry.items()}))
+    plan = load_plan(ROOT / "docs" / "long" / "variants.yaml")
+    (baseline,) = [e for e in plan.experiments if e.variant == "baseline"]
+    ours = baseline.params.model_dump(exclude={"base"})
+    assert ours == entry.model_dump(exclude={"base"})
