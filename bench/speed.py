@@ -61,10 +61,8 @@ def _base(settings: list[str]):
     from vaelab.core.overrides import nested, split_override
     from vaelab.core.params import load_params
 
-    flat = dict(split_override(item) for item in settings)
-    return load_params(ROOT / "params.yaml").replace(
-        nested({k: yaml.safe_load(v) for k, v in flat.items()})
-    )
+    flat = {k: yaml.safe_load(v) for k, v in map(split_override, settings)}
+    return load_params(ROOT / "params.yaml").replace(nested(flat))
 
 
 def _params(settings: list[str], images: int, epochs: int, batch: int, spe: int, backend: str):
@@ -91,16 +89,15 @@ def macs(*models) -> int:
     import keras
 
     def one(layer) -> int:
-        if not isinstance(
-            layer, (keras.layers.Dense, keras.layers.Conv2D, keras.layers.Conv2DTranspose)
-        ):
+        if isinstance(layer, keras.layers.Conv2DTranspose):  # the kernel at each input position
+            positions = layer.input.shape[1:3]
+        elif isinstance(layer, keras.layers.Conv2D):  # at each output position
+            positions = layer.output.shape[1:3]
+        elif isinstance(layer, keras.layers.Dense):
+            positions = ()
+        else:
             return 0
-        kernel = int(np.prod(layer.kernel.shape))
-        if isinstance(layer, keras.layers.Conv2DTranspose):  # each input position, once
-            return kernel * int(np.prod(layer.input.shape[1:3]))
-        if isinstance(layer, keras.layers.Conv2D):  # each output position
-            return kernel * int(np.prod(layer.output.shape[1:3]))
-        return kernel
+        return int(np.prod(layer.kernel.shape)) * int(np.prod(positions))
 
     return sum(one(layer) for model in models for layer in model.layers)
 
