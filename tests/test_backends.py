@@ -45,12 +45,14 @@ print(json.dumps({"backend": keras.backend.backend()}))
 """
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["standard", "mixture"])
+def saved_model(tmp_path_factory, request) -> Path:
+    """A model with either prior (the mixture's weights are part of the file)."""
     from vaelab.model.vae import build_vae
 
+    train = {**TINY_TRAIN, "prior": {"kind": request.param}, "kl": {"free_bits": 0.0}}
     path = tmp_path_factory.mktemp("model") / "model.keras"
-    build_vae(committed_params().replace({"train": TINY_TRAIN}).train, 0, binarize=True).save(path)
+    build_vae(committed_params().replace({"train": train}).train, 0, binarize=True).save(path)
     return path
 
 
@@ -87,7 +89,9 @@ def test_training_refuses_params_of_another_backend_than_its_process(tiny_workdi
 
 
 def test_the_same_seed_trains_the_same_on_jax(tiny_workdir, tmp_path):
-    params = tiny_workdir(backend="jax")
+    """With a learned prior and a warm-up: their variables are part of JAX's explicit state."""
+    kl = {"free_bits": 0.0, "schedule": "linear", "warmup": 1}
+    params = tiny_workdir(backend="jax", prior={"kind": "mixture", "components": 4}, kl=kl)
     file = tmp_path / "jax.yaml"
     file.write_text(yaml.safe_dump(params.model_dump()))
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}  # the params must win

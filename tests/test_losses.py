@@ -43,7 +43,9 @@ def test_kl_matches_closed_form_and_vanishes_at_prior():
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 4.0])
 def test_loss_parts_add_up(beta):
-    parts = {k: float(_np(v)) for k, v in vae_loss(TARGET, LOGITS, MEAN, LOG_VAR, beta).items()}
+    kl_dims = kl_per_dim(MEAN, LOG_VAR)
+    parts = vae_loss(TARGET, LOGITS, ops.sum(kl_dims, -1), kl_dims, beta)
+    parts = {k: float(_np(v)) for k, v in parts.items()}
     assert parts["loss"] == pytest.approx(parts["reconstruction"] + beta * parts["kl"], rel=1e-5)
     assert parts["objective"] == parts["neg_elbo"]  # target beta defaults to 1
     assert parts["neg_elbo"] == pytest.approx(parts["reconstruction"] + parts["kl"], rel=1e-5)
@@ -52,13 +54,12 @@ def test_loss_parts_add_up(beta):
 def test_free_bits_floor_holds_per_dimension():
     mean, log_var = np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32)
     mean[:, 0] = 3.0  # dimension 0 carries 4.5 nats, the others none
-    parts = vae_loss(TARGET[:4], LOGITS[:4], mean, log_var, beta=1.0, free_bits=2.0)
+    kl_parts = (ops.sum(kl_per_dim(mean, log_var), -1), kl_per_dim(mean, log_var))
+    parts = vae_loss(TARGET[:4], LOGITS[:4], *kl_parts, beta=1.0, free_bits=2.0)
     recon, kl, loss = (float(_np(parts[k])) for k in ("reconstruction", "kl", "loss"))
     assert kl == pytest.approx(4.5)  # the reported KL is never floored
     assert loss - recon == pytest.approx(4.5 + 2.0 + 2.0)  # dims 1, 2 lifted to the floor
-    target = vae_loss(
-        TARGET[:4], LOGITS[:4], mean, log_var, beta=0.5, free_bits=2.0, target_beta=3.0
-    )
+    target = vae_loss(TARGET[:4], LOGITS[:4], *kl_parts, beta=0.5, free_bits=2.0, target_beta=3.0)
     assert float(_np(target["objective"])) - recon == pytest.approx(3.0 * 8.5)
 
 

@@ -93,6 +93,11 @@ def test_mlproject_defaults_are_params_yaml_values():
             ["train.distribute=true", "train.backend='tensorflow'"],
         ),
         ({"train": {"architecture": {"filters": [8, 8, 8]}}}, ["train.architecture.filters"]),
+        (
+            {"train": {"prior": {"kind": "mixture"}, "kl": {"free_bits": 0.5}}},
+            ["train.kl.free_bits=0.5", "train.prior.kind to 'standard'"],
+        ),
+        ({"train": {"prior": {"components": 0}}}, ["train.prior.components = 0"]),
         ({"fetch": {"mirrors": ["ftp.example.org"]}}, ["not a usable URL"]),
         ({"fetch": {"mirrors": ["http://example.org"]}}, ["plain http", "allow_http"]),
         (

@@ -44,6 +44,7 @@ from vaelab.training.pipeline import training_dataset
         {"architecture": {"kind": "conv", "upsample": "pixel_shuffle"}},
         {"architecture": {"kind": "mlp", "batch_norm": True, "activation": "elu"}},
         {"likelihood": {"kind": "gaussian"}, "kl": {"schedule": "cyclical", "free_bits": 0.5}},
+        {"prior": {"kind": "mixture", "components": 4}, "kl": {"free_bits": 0.0}},
     ],
     ids=[
         "adam-cosine",
@@ -54,6 +55,7 @@ from vaelab.training.pipeline import training_dataset
         "conv-shuffle",
         "mlp-bn",
         "gauss",
+        "mixture-prior",
     ],
 )
 def test_every_option_trains(tiny_workdir, train_cfg):
@@ -63,10 +65,14 @@ def test_every_option_trains(tiny_workdir, train_cfg):
     model = build_vae(cfg, seed=0)
     model.compile(optimizer=build_optimizer(cfg, steps_per_epoch=2))
     before = [w.copy() for w in model.get_weights()]
+    prior = [] if model.prior is None else [model.prior.means, model.prior.logits]
+    prior_before = [keras.ops.convert_to_numpy(w).copy() for w in prior]
     ds = training_dataset(x[:100], cfg.batch_size, 0, params.prepare.augment, "dynamic")
     logs = model.fit(ds, epochs=1, shuffle=False, verbose=0).history
     assert np.isfinite(logs["loss"][0]) and logs["neg_elbo"][0] > 0
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    for weight, start in zip(prior, prior_before, strict=True):  # a prior learns with the model
+        assert not np.array_equal(keras.ops.convert_to_numpy(weight), start)
 
 
 @pytest.mark.parametrize("binarize", ["none", "static", "dynamic"])
@@ -107,7 +113,11 @@ def test_unnormalized_encoder_sees_raw_pixel_values(tiny_workdir):
 
 @pytest.mark.parametrize("upsample", ["transpose", "pixel_shuffle"])
 def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_path, upsample):
-    params = tiny_workdir(architecture={"kind": "conv", "batch_norm": True, "upsample": upsample})
+    params = tiny_workdir(
+        architecture={"kind": "conv", "batch_norm": True, "upsample": upsample},
+        prior={"kind": "mixture", "components": 3},
+        kl={"free_bits": 0.0},
+    )
     model = build_vae(params.train, seed=1)
     x, _ = load_prepared(Artifacts.of(params), "val")
     model.save(tmp_path / "m.keras")
@@ -115,6 +125,11 @@ def test_model_round_trips_through_keras_file_in_safe_mode(tiny_workdir, tmp_pat
     assert type(back).__name__ == "VAE" and back.likelihood == "bernoulli"
     np.testing.assert_allclose(
         back.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0), atol=1e-6
+    )
+    z = np.random.default_rng(0).normal(size=(4, params.train.architecture.latent_dim)).astype("f")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(back.log_prior(z)),
+        keras.ops.convert_to_numpy(model.log_prior(z)),
     )
 
 

@@ -164,6 +164,11 @@ class KLWeight(Section):
     free_bits: float = Field(ge=0, le=100, description="KL floor per latent dim, nats")
 
 
+class Prior(Section):
+    kind: Literal["standard", "mixture"] = Field(description="N(0, I) | a learned mixture")
+    components: int = Field(ge=1, le=4096, description="mixture: Gaussian components")
+
+
 class Optimizer(Section):
     name: Literal["adam", "rmsprop", "sgd"]
     learning_rate: float = Field(gt=0, le=10)
@@ -198,6 +203,7 @@ class Train(Section):
     architecture: Architecture
     likelihood: Likelihood
     kl: KLWeight
+    prior: Prior
     optimizer: Optimizer
     lr_schedule: LRSchedule
     reduce_on_plateau: ReduceOnPlateau
@@ -213,6 +219,16 @@ class Train(Section):
             raise ValueError(
                 f"train.distribute=true needs train.backend='tensorflow' (a tf.distribute "
                 f"strategy), not {self.backend!r}: set one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _free_bits_need_dimensions(self) -> Self:
+        if self.prior.kind == "mixture" and self.kl.free_bits > 0:
+            raise ValueError(
+                f"train.kl.free_bits={self.kl.free_bits:g} floors the KL of each latent "
+                "dimension, which only the standard prior splits by dimension: set "
+                "train.kl.free_bits to 0 or train.prior.kind to 'standard'"
             )
         return self
 

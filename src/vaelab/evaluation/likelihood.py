@@ -16,9 +16,9 @@ import numpy as np
 from keras import ops
 
 from vaelab.core.mnist import PIXELS
-from vaelab.model.losses import kl_per_dim, reconstruction_nll
+from vaelab.model.losses import reconstruction_nll
 
-_LOG_2PI = math.log(2 * math.pi)
+_LOG_2PI = math.log(2 * math.pi)  # of log q(z|x), from the standard-normal draws
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,8 @@ class Estimates:
 
     nll: np.ndarray  # -log p(x), importance-sampled with k samples
     reconstruction: np.ndarray  # E_q[-log p(x|z)], Monte Carlo over the same k samples
-    kl: np.ndarray  # KL(q(z|x) || p(z)), closed form
-    kl_per_dim: np.ndarray  # [N, latent_dim]
+    kl: np.ndarray  # KL(q(z|x) || p(z)): closed form for N(0, I), else over the k samples
+    kl_per_dim: np.ndarray  # [N, latent_dim], see `VAE.kl_parts`
     z_mean: np.ndarray  # [N, latent_dim]
 
 
@@ -39,32 +39,43 @@ def _batch_estimates(vae, x, eps, k: int, chunk: int):
     z_mean, z_log_var = vae.encoder(x, training=False)
     batch, dim = ops.shape(z_mean)[0], ops.shape(z_mean)[1]
     std = ops.exp(0.5 * z_log_var)
+    learned = vae.prior is not None  # its KL is estimated from the same samples
 
     def add(noise, c: int, sums):
-        log_sum, recon_sum = sums
+        log_sum, recon_sum, kl_sum, kl_dims_sum = sums
         z = z_mean[None] + std[None] * noise
         logits = vae.decoder(ops.reshape(z, (c * batch, dim)), training=False)
         targets = ops.reshape(ops.tile(x[None], (c, 1, 1, 1, 1)), (c * batch, *x.shape[1:]))
         log_px_z = -ops.reshape(
             reconstruction_nll(targets, logits, vae.likelihood, vae.sigma), (c, batch)
         )
-        log_pz = -0.5 * ops.sum(ops.square(z) + _LOG_2PI, axis=-1)
+        log_pz = vae.log_prior(z)
         log_qz = -0.5 * ops.sum(ops.square(noise) + _LOG_2PI + z_log_var[None], axis=-1)
         log_sum = ops.logaddexp(log_sum, ops.logsumexp(log_px_z + log_pz - log_qz, axis=0))
-        return log_sum, recon_sum - ops.sum(log_px_z, axis=0)
+        if learned:
+            kl, kl_dims = vae.kl_parts(z_mean[None], z_log_var[None], z)
+            kl_sum, kl_dims_sum = kl_sum + ops.sum(kl, 0), kl_dims_sum + ops.sum(kl_dims, 0)
+        return log_sum, recon_sum - ops.sum(log_px_z, axis=0), kl_sum, kl_dims_sum
 
     def full_chunk(i, sums):
         return add(ops.slice(eps, (i * chunk, 0, 0), (chunk, batch, dim)), chunk, sums)
 
     full, rest = divmod(k, chunk)
-    sums = (ops.full((batch,), -np.inf), ops.zeros((batch,)))
+    sums = (
+        ops.full((batch,), -np.inf),
+        ops.zeros((batch,)),
+        ops.zeros((batch,)),
+        ops.zeros((batch, dim)),
+    )
     if full:
         sums = ops.fori_loop(0, full, full_chunk, sums)
     if rest:
         sums = add(eps[full * chunk :], rest, sums)
-    log_sum, recon_sum = sums
-    kl_dims = kl_per_dim(z_mean, z_log_var)
-    return math.log(k) - log_sum, recon_sum / k, kl_dims, z_mean
+    log_sum, recon_sum, kl_sum, kl_dims_sum = sums
+    kl, kl_dims = (
+        (kl_sum / k, kl_dims_sum / k) if learned else vae.kl_parts(z_mean, z_log_var, None)
+    )
+    return math.log(k) - log_sum, recon_sum / k, kl, kl_dims, z_mean
 
 
 def compiled(fn):
@@ -102,10 +113,8 @@ class Estimator:
             xb = x[start : start + batch_size]
             eps = noise(self.k, len(xb), self.dim, seed, index)
             parts.append(tuple(ops.convert_to_numpy(t) for t in self._step(xb, eps)))
-        nll, recon, kl_dims, z_mean = (np.concatenate(p) for p in zip(*parts, strict=True))
-        return Estimates(
-            nll=nll, reconstruction=recon, kl=kl_dims.sum(1), kl_per_dim=kl_dims, z_mean=z_mean
-        )
+        nll, recon, kl, kl_dims, z_mean = (np.concatenate(p) for p in zip(*parts, strict=True))
+        return Estimates(nll=nll, reconstruction=recon, kl=kl, kl_per_dim=kl_dims, z_mean=z_mean)
 
 
 def estimate(

@@ -69,7 +69,17 @@ def decode_means(vae: VAE, z: np.ndarray, batch_size: int = 500) -> np.ndarray:
     return ops.convert_to_numpy(ops.sigmoid(logits))
 
 
+def prior_name(vae: VAE) -> str:
+    """The model's prior, in words for a figure's title."""
+    return (
+        "N(0, I)" if vae.prior is None else f"a learned mixture of {vae.prior.components} Gaussians"
+    )
+
+
 def sample_prior(vae: VAE, n: int, seed: int, batch_size: int = 500) -> np.ndarray:
-    """Decoder means E[x|z] for ``n`` seeded draws z ~ N(0, I)."""
-    z = np.random.default_rng(seed).standard_normal((n, latent_dim(vae)))
+    """Decoder means E[x|z] for ``n`` seeded draws z ~ p(z), the model's prior."""
+    if vae.prior is None:
+        z = np.random.default_rng(seed).standard_normal((n, latent_dim(vae)))
+    else:
+        z = vae.prior.sample(n, seed)
     return decode_means(vae, z, batch_size)

@@ -1,7 +1,7 @@
 """The VAE objective, written once with keras.ops; training, validation and evaluation share it.
 
 All quantities are in nats per image: the reconstruction term is -log p(x|z) summed over the
-784 pixels, KL is KL(q(z|x) || N(0, I)) summed over latent dimensions.
+784 pixels, KL is KL(q(z|x) || p(z)) (see `vaelab.model.prior`).
 """
 
 from __future__ import annotations
@@ -40,15 +40,16 @@ def kl_per_dim(z_mean, z_log_var):
 def vae_loss(
     target,
     logits,
-    z_mean,
-    z_log_var,
+    kl,
+    kl_dims,
     beta=1.0,
     likelihood: str = "bernoulli",
     sigma: float = 1.0,
     free_bits: float = 0.0,
     target_beta: float = 1.0,
 ) -> dict:
-    """Batch means of the loss parts.
+    """Batch means of the loss parts, from the per-example ``kl`` and its split ``kl_dims``
+    over latent dimensions.
 
     ``loss`` = reconstruction + beta * KL, where with free bits each latent dimension's
     batch-mean KL is floored at ``free_bits`` nats (Kingma et al. 2016). ``objective`` is the
@@ -57,8 +58,6 @@ def vae_loss(
     are always the unfloored values.
     """
     recon = reconstruction_nll(target, logits, likelihood, sigma)
-    kl_dims = kl_per_dim(z_mean, z_log_var)
-    kl = ops.sum(kl_dims, axis=-1)
     if free_bits > 0:
         kl_term = ops.sum(ops.maximum(ops.mean(kl_dims, axis=0), free_bits))
     else:

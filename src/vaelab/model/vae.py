@@ -1,8 +1,9 @@
-"""A Keras 3 VAE from serializable pieces: encoder -> (mean, log-variance), Sampling, decoder.
+"""A Keras 3 VAE from serializable pieces: encoder -> (mean, log-variance), Sampling, decoder,
+and a prior (N(0, I), or a learned `MixturePrior`).
 
-The encoder and decoder are functional models of built-in layers; `Sampling` and `VAE` are
-registered, so a saved ``.keras`` file reloads in safe mode once ``vaelab.model.vae`` is
-imported.
+The encoder and decoder are functional models of built-in layers; `Sampling`, `MixturePrior`
+and `VAE` are registered, so a saved ``.keras`` file reloads in safe mode once
+``vaelab.model.vae`` is imported.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from keras import layers, ops
 
 from vaelab.core.mnist import IMAGE_SHAPE, PIXELS
 from vaelab.core.params import Architecture, Train
-from vaelab.model.losses import vae_loss
+from vaelab.model.losses import kl_per_dim, vae_loss
+from vaelab.model.prior import MixturePrior, normal_log_density, standard_normal_log_prob
 
 
 @keras.saving.register_keras_serializable(package="vaelab")
@@ -136,11 +138,13 @@ class VAE(keras.Model):
         target_beta: float = 1.0,
         seed: int | None = None,
         binarize: bool = False,
+        prior: MixturePrior | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
+        self.prior = prior  # None: N(0, I), as in models saved before the key existed
         self.likelihood = likelihood
         self.sigma = sigma
         self.free_bits = free_bits
@@ -172,6 +176,22 @@ class VAE(keras.Model):
             return x
         return ops.cast(keras.random.uniform(ops.shape(x), seed=self.binarizer) < x, x.dtype)
 
+    def log_prior(self, z):
+        """log p(z) for z [..., latent_dim]."""
+        return standard_normal_log_prob(z) if self.prior is None else self.prior.log_prob(z)
+
+    def kl_parts(self, z_mean, z_log_var, z):
+        """KL(q(z|x) || p(z)) per example, and split over latent dimensions. N(0, I): closed
+        form (``z`` unused). A learned prior: one-sample estimates at ``z`` [..., batch, dim],
+        the total log q(z|x) - log p(z) and, per dimension, against the prior's marginal in
+        that dimension (these need not add up to the total)."""
+        if self.prior is None:
+            dims = kl_per_dim(z_mean, z_log_var)
+            return ops.sum(dims, axis=-1), dims
+        log_q = normal_log_density(z, z_mean, z_log_var)
+        kl = ops.sum(log_q, axis=-1) - self.prior.log_prob(z)
+        return kl, log_q - self.prior.marginal_log_probs(z)
+
     def loss_parts(self, x, training: bool = False) -> dict:
         """One-sample estimates of the loss parts on batch ``x`` (targets are ``x``, drawn
         anew first when training with ``binarize``)."""
@@ -183,8 +203,7 @@ class VAE(keras.Model):
         return vae_loss(
             x,
             logits,
-            z_mean,
-            z_log_var,
+            *self.kl_parts(z_mean, z_log_var, z),
             self.beta,
             self.likelihood,
             self.sigma,
@@ -230,19 +249,26 @@ class VAE(keras.Model):
             "target_beta": self.target_beta,
             "seed": self.seed,
             "binarize": self.binarize,
+            "prior": None
+            if self.prior is None
+            else keras.saving.serialize_keras_object(self.prior),
         }
 
     @classmethod
     def from_config(cls, config: dict) -> VAE:
         config = dict(config)
-        for part in ("encoder", "decoder"):
-            config[part] = keras.saving.deserialize_keras_object(config[part])
+        for part in ("encoder", "decoder", "prior"):
+            if config.get(part) is not None:
+                config[part] = keras.saving.deserialize_keras_object(config[part])
         return cls(**config)
 
 
 def build_vae(cfg: Train, seed: int, binarize: bool = False) -> VAE:
     """The VAE described by the train section of params.yaml, built on MNIST's image shape;
     ``binarize``: draw binary training inputs per step (dynamic binarization)."""
+    prior = None
+    if cfg.prior.kind == "mixture":
+        prior = MixturePrior(cfg.prior.components, cfg.architecture.latent_dim, seed, name="prior")
     vae = VAE(
         build_encoder(cfg.architecture),
         build_decoder(cfg.architecture),
@@ -252,6 +278,7 @@ def build_vae(cfg: Train, seed: int, binarize: bool = False) -> VAE:
         target_beta=cfg.kl.beta,
         seed=seed,
         binarize=binarize,
+        prior=prior,
         name="vae",
     )
     vae(ops.zeros((1, *IMAGE_SHAPE)))  # builds every sub-model before fit or BackupAndRestore

@@ -16,6 +16,7 @@ from vaelab.model.io import (
     encode_means,
     latent_dim,
     load_vae,
+    prior_name,
     reconstruct,
     sample_prior,
 )
@@ -49,7 +50,7 @@ def render_all(params: Params) -> dict[str, Path]:
         "prior_samples": plots.grid_figure(
             sample_prior(vae, cfg.grid**2, seed),
             cfg.grid,
-            f"Samples from the prior: E[x|z], z ~ N(0, I), {cfg.grid}x{cfg.grid}",
+            f"Samples from the prior: E[x|z], z ~ {prior_name(vae)}, {cfg.grid}x{cfg.grid}",
         ),
         "training_curves": plots.training_curves(history),
         "schedules": plots.schedules(history),
