@@ -39,10 +39,9 @@ def _batch_estimates(vae, x, eps, k: int, chunk: int):
     z_mean, z_log_var = vae.encoder(x, training=False)
     batch, dim = ops.shape(z_mean)[0], ops.shape(z_mean)[1]
     std = ops.exp(0.5 * z_log_var)
-    learned = vae.prior is not None  # its KL is estimated from the same samples
 
     def add(noise, c: int, sums):
-        log_sum, recon_sum, kl_sum, kl_dims_sum = sums
+        log_sum, recon_sum, kl_sum = sums
         z = z_mean[None] + std[None] * noise
         logits = vae.decoder(ops.reshape(z, (c * batch, dim)), training=False)
         targets = ops.reshape(ops.tile(x[None], (c, 1, 1, 1, 1)), (c * batch, *x.shape[1:]))
@@ -52,29 +51,25 @@ def _batch_estimates(vae, x, eps, k: int, chunk: int):
         log_pz = vae.log_prior(z)
         log_qz = -0.5 * ops.sum(ops.square(noise) + _LOG_2PI + z_log_var[None], axis=-1)
         log_sum = ops.logaddexp(log_sum, ops.logsumexp(log_px_z + log_pz - log_qz, axis=0))
-        if learned:
-            kl, kl_dims = vae.kl_parts(z_mean[None], z_log_var[None], z)
-            kl_sum, kl_dims_sum = kl_sum + ops.sum(kl, 0), kl_dims_sum + ops.sum(kl_dims, 0)
-        return log_sum, recon_sum - ops.sum(log_px_z, axis=0), kl_sum, kl_dims_sum
+        kl_sum = kl_sum + ops.sum(log_qz - log_pz, axis=0)
+        return log_sum, recon_sum - ops.sum(log_px_z, axis=0), kl_sum
 
     def full_chunk(i, sums):
         return add(ops.slice(eps, (i * chunk, 0, 0), (chunk, batch, dim)), chunk, sums)
 
     full, rest = divmod(k, chunk)
-    sums = (
-        ops.full((batch,), -np.inf),
-        ops.zeros((batch,)),
-        ops.zeros((batch,)),
-        ops.zeros((batch, dim)),
-    )
+    sums = (ops.full((batch,), -np.inf), ops.zeros((batch,)), ops.zeros((batch,)))
     if full:
         sums = ops.fori_loop(0, full, full_chunk, sums)
     if rest:
         sums = add(eps[full * chunk :], rest, sums)
-    log_sum, recon_sum, kl_sum, kl_dims_sum = sums
-    kl, kl_dims = (
-        (kl_sum / k, kl_dims_sum / k) if learned else vae.kl_parts(z_mean, z_log_var, None)
-    )
+    log_sum, recon_sum, kl_sum = sums
+    if vae.prior is None:  # closed form
+        kl, kl_dims = vae.kl_parts(z_mean, z_log_var, None)
+    else:  # the k samples' mean; per dimension (a diagnostic) from the first chunk's
+        first = eps[: min(k, chunk)]
+        _, kl_dims = vae.kl_parts(z_mean[None], z_log_var[None], z_mean[None] + std[None] * first)
+        kl, kl_dims = kl_sum / k, ops.mean(kl_dims, axis=0)
     return math.log(k) - log_sum, recon_sum / k, kl, kl_dims, z_mean
 
 

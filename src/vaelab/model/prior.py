@@ -45,19 +45,29 @@ class MixturePrior(layers.Layer):
         self.logits = self.add_weight(shape=(components,), initializer="zeros", name="logits")
         self.built = True
 
-    def _per_component(self, z):
-        """log N(z_d; mu_kd, sigma_kd^2) for every component k: [..., K, latent_dim]."""
-        return normal_log_density(z[..., None, :], self.means, self.log_vars)
+    def _component_log_probs(self, z):
+        """log N(z; mu_k, diag(sigma_k^2)) of every component k, [..., K]: expanded into matrix
+        products, so no [..., K, latent_dim] tensor is made (the evaluation scores 10^7 z)."""
+        precision = ops.exp(-self.log_vars)
+        flat = ops.reshape(z, (-1, self.latent_dim))
+        quadratic = (
+            ops.matmul(ops.square(flat), ops.transpose(precision))
+            - 2.0 * ops.matmul(flat, ops.transpose(self.means * precision))
+            + ops.sum(ops.square(self.means) * precision, axis=-1)
+        )
+        log_probs = -0.5 * (
+            quadratic + ops.sum(self.log_vars, axis=-1) + self.latent_dim * _LOG_2PI
+        )
+        return ops.reshape(log_probs, (*ops.shape(z)[:-1], self.components))
 
     def log_prob(self, z):
         """log p(z) for z [..., latent_dim]."""
-        joint = ops.sum(self._per_component(z), axis=-1) + ops.log_softmax(self.logits)
-        return ops.logsumexp(joint, axis=-1)
+        return ops.logsumexp(self._component_log_probs(z) + ops.log_softmax(self.logits), axis=-1)
 
     def marginal_log_probs(self, z):
         """log p(z_d) per latent dimension, under the prior's marginal in that dimension."""
-        weights = ops.log_softmax(self.logits)[:, None]
-        return ops.logsumexp(self._per_component(z) + weights, axis=-2)
+        per_dim = normal_log_density(z[..., None, :], self.means, self.log_vars)
+        return ops.logsumexp(per_dim + ops.log_softmax(self.logits)[:, None], axis=-2)
 
     def call(self, z):
         return self.log_prob(z)
