@@ -261,18 +261,18 @@ def test_a_sweeps_grid_is_a_plan_of_its_own(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
     folder = tmp_path / "reports" / "sweeps" / "g"
-    grid = ["train.kl.beta=0.5,1.0", "train.kl.schedule=constant,linear"]
+    grid = ["train.kl.beta=0.5,1.0", "train.kl.schedule=linear,cyclical"]
     plan = sweep_plan("g", grid, folder, 42)
     assert [e.name for e in plan.experiments] == ["g-1-s42", "g-2-s42", "g-3-s42", "g-4-s42"]
     assert [e.overrides for e in plan.experiments] == [
-        "train.kl.beta=0.5", "train.kl.beta=0.5 train.kl.schedule=linear", "",
-        "train.kl.schedule=linear",
+        "train.kl.beta=0.5", "train.kl.beta=0.5 train.kl.schedule=cyclical", "",
+        "train.kl.schedule=cyclical",
     ]  # fmt: skip
     assert (folder / "baseline.yaml").exists()  # the sweep's own baseline, kept for a resume
     current = load_params()
     assert pairs(differences(plan.experiments[1].params, current)) == [
         "train.kl.beta=0.5",
-        "train.kl.schedule=linear",
+        "train.kl.schedule=cyclical",
     ]
     with pytest.raises(VaelabError, match=r"'train\.kl\.beta' is not KEY=VALUE"):
         sweep_plan("g", ["train.kl.beta"], folder, 42)

@@ -50,14 +50,19 @@ def test_every_override_an_entry_point_sets_is_a_valid_param(entry, tmp_path):
     overrides = [tokens[i + 1] for i, token in enumerate(tokens) if token == "-S"]
     if entry in ("train", "long"):
         assert overrides, "a profile without overrides"
+    fixed, grids = {}, {}
     for override in overrides:
         key, _, value = override.partition("=")
         # a sweep's grid (DVC's `-S key=a,b,c`) sets each of its values in turn
         values = value.split(",") if "," in value and not value.startswith("[") else [value]
+        if len(values) == 1:
+            fixed[key] = yaml.safe_load(value)
+        else:
+            grids[key] = [yaml.safe_load(one) for one in values]
+    base = committed_params().replace(nested(fixed))  # together, as DVC applies them
+    for key, values in grids.items():
         for one in values:
-            committed_params().replace(
-                nested({key: yaml.safe_load(one)})
-            )  # a bad key raises, named
+            base.replace(nested({key: one}))  # a bad key raises, named
 
 
 def test_the_long_plan_runs_what_the_long_entry_point_runs(tmp_path):

@@ -37,11 +37,13 @@ def test_dvc_root_points_temporary_experiment_copies_home(tmp_path):
 
 
 def test_run_name_says_what_differs():
-    params = committed_params().replace(
-        {"train": {"kl": {"beta": 4, "schedule": "cyclical", "free_bits": 0.5}}}
-    )
+    kl = {"beta": 4, "schedule": "cyclical", "free_bits": 0.5}
+    params = committed_params().replace({"train": {"kl": kl, "prior": {"kind": "standard"}}})
     arch = params.train.architecture
     assert run_name(params) == f"beta=4 cyclical fb=0.5, {arch.kind} z={arch.latent_dim}"
+    learned = {"kl": {"beta": 2, "free_bits": 0.0}, "prior": {"kind": "mixture", "components": 8}}
+    params = committed_params().replace({"train": learned})
+    assert run_name(params).startswith(f"beta=2 {params.train.kl.schedule} mixture-8, ")
     named = committed_params().replace({"train": {"run_name": "my run"}})
     assert run_name(named) == "my run"
 

@@ -61,7 +61,8 @@ NAME_LENGTH = 250  # MLflow's column for run names (enforced by PostgreSQL)
 def run_name(params: Params, root: Path | None = None) -> str:
     """What distinguishes the run at a glance: the params that differ from the params.yaml
     committed at ``root``'s HEAD, as ``section.key=value`` (``kl.beta=4 base.seed=2`` in a
-    DVC experiment), else the KL weighting and model (``beta=1 constant fb=0.25, mlp z=32``)."""
+    DVC experiment), else the KL weighting, prior and model (``beta=1 linear mixture-64, mlp
+    z=32``)."""
     if params.train.run_name:
         return params.train.run_name
     committed = _committed(root)
@@ -73,6 +74,8 @@ def run_name(params: Params, root: Path | None = None) -> str:
     name = f"beta={kl.beta:g} {kl.schedule}"
     if kl.free_bits:
         name += f" fb={kl.free_bits:g}"
+    if params.train.prior.kind == "mixture":
+        name += f" mixture-{params.train.prior.components}"
     return f"{name}, {arch.kind} z={arch.latent_dim}"
 
 
