@@ -61,7 +61,9 @@ def traversals(rows: list[np.ndarray], dims: list[int], values: np.ndarray) -> p
     axes[-1, 0].set_xticks(
         np.arange(len(values)) * WIDTH + WIDTH // 2, [f"{v:+.1f}" for v in values]
     )
-    axes[-1, 0].set_xlabel("value of the traversed dimension (others at 0)")
+    axes[-1, 0].set_xlabel(
+        "offset of the traversed dimension from the prior's centre, in its standard deviations"
+    )
     fig.suptitle("Latent traversals of the most informative dimensions (by KL)")
     return fig
 

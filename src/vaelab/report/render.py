@@ -35,6 +35,17 @@ def _projection(z: np.ndarray, method: str, seed: int) -> np.ndarray:
     return PCA(n_components=2, random_state=seed).fit_transform(z)
 
 
+def _prior_centre(vae) -> tuple[np.ndarray, np.ndarray]:
+    """A typical point of the prior and its standard deviation per dimension: the origin and 1
+    for N(0, I); the mean and deviation of a mixture's heaviest component (a mixture's origin
+    can lie between its components, where the decoder has seen no code)."""
+    if vae.prior is None:
+        return np.zeros(latent_dim(vae)), np.ones(latent_dim(vae))
+    heaviest = int(np.argmax(ops.convert_to_numpy(vae.prior.logits)))
+    log_var = ops.convert_to_numpy(vae.prior.log_vars)[heaviest]
+    return ops.convert_to_numpy(vae.prior.means)[heaviest], np.exp(0.5 * log_var)
+
+
 def render_all(params: Params) -> dict[str, Path]:
     """Draw the run's figures; return {name: png path}."""
     cfg, seed, paths = params.figures, params.base.seed, Artifacts.of(params)
@@ -57,17 +68,18 @@ def render_all(params: Params) -> dict[str, Path]:
         "kl_per_dimension": plots.kl_per_dimension(kl, act),
     }
     values = np.linspace(-cfg.traversal_range, cfg.traversal_range, cfg.traversal_steps)
+    centre, scale = _prior_centre(vae)
     if dim == 2:
         grid = np.array([[a, b] for b in values[::-1] for a in values])
         drawn["latent_traversals"] = plots.manifold(
-            decode_means(vae, grid), len(values), cfg.traversal_range
+            decode_means(vae, centre + grid * scale), len(values), cfg.traversal_range
         )
     else:
         dims = [int(d) for d in np.argsort(-kl)[: cfg.traversal_dims]]
         rows = []
         for d in dims:
-            z = np.zeros((len(values), dim))
-            z[:, d] = values
+            z = np.tile(centre, (len(values), 1))
+            z[:, d] += values * scale[d]
             rows.append(decode_means(vae, z))
         drawn["latent_traversals"] = plots.traversals(rows, dims, values)
     n = min(cfg.projection_points, len(x_test))
