@@ -130,13 +130,15 @@ def schedules(history: list[dict[str, Any]]) -> plt.Figure:
     return fig
 
 
-def kl_per_dimension(kl: np.ndarray, act: np.ndarray) -> plt.Figure:
+def kl_per_dimension(kl: np.ndarray, act: np.ndarray, learned_prior: bool = False) -> plt.Figure:
+    """KL and activity per latent dimension; under a learned prior each dimension's KL is
+    against the prior's marginal in that dimension."""
     dims = np.arange(len(kl))
     active = is_active(act)
     colors = np.where(active, "tab:blue", "tab:gray")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.25 * len(kl) + 2), 7), sharex=True)
     top.bar(dims, kl, color=colors)
-    top.set_ylabel("KL (nats)")
+    top.set_ylabel("KL against the prior's marginal (nats)" if learned_prior else "KL (nats)")
     top.set_title(f"KL per latent dimension: {active.sum()} of {len(kl)} active (grey: inactive)")
     bottom.bar(dims, act, color=colors)
     bottom.axhline(

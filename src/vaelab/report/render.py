@@ -65,7 +65,7 @@ def render_all(params: Params) -> dict[str, Path]:
         ),
         "training_curves": plots.training_curves(history),
         "schedules": plots.schedules(history),
-        "kl_per_dimension": plots.kl_per_dimension(kl, act),
+        "kl_per_dimension": plots.kl_per_dimension(kl, act, vae.prior is not None),
     }
     values = np.linspace(-cfg.traversal_range, cfg.traversal_range, cfg.traversal_steps)
     centre, scale = _prior_centre(vae)

@@ -5,10 +5,10 @@ flattened row by row) or, for ``decode``, one per latent vector. Parameters:
 
 - ``output``: ``reconstruct`` (E[x|z_mean], rows of 784 in [0, 1]), ``encode`` ({"mean",
   "log_var"} of q(z|x)), ``decode`` (E[x|z] of each latent row), ``sample`` (``n`` images
-  decoded from z ~ p(z), the model's prior, drawn with ``seed``; the input rows are ignored), ``score``
-  (per image: ``nll``, the importance-sampled -log p(x) with ``k`` samples, and ``neg_elbo``
-  = ``reconstruction`` + ``kl``, in nats: the evaluate stage's numbers for the same images,
-  k, seed and batching);
+  decoded from z ~ p(z), the model's prior, drawn with ``seed``; the input rows are ignored),
+  ``score`` (per image: ``nll``, the importance-sampled -log p(x) with ``k`` samples, and
+  ``neg_elbo`` = ``reconstruction`` + ``kl``, in nats: the evaluate stage's numbers for the
+  same images, k, seed and batching);
 - ``k``, ``seed``: default to the evaluate stage's settings, recorded in the model config;
 - ``n``: how many images ``sample`` draws.
 
