@@ -89,8 +89,14 @@ def _synthetic_store(tmp_path):
         with mlflow.start_run(
             experiment_id=experiment, run_name=f"beta={beta:g} linear", tags={"sweep": "s1"}
         ):
+            prior = "mixture" if beta > 1 else "standard"
             mlflow.log_params(
-                {"train.kl.beta": beta, "train.kl.schedule": "linear", "train.kl.free_bits": 0.0}
+                {
+                    "train.kl.beta": beta,
+                    "train.kl.schedule": "linear",
+                    "train.kl.free_bits": 0.0,
+                    "train.prior.kind": prior,
+                }
             )
             mlflow.log_metrics(
                 {
@@ -122,6 +128,7 @@ def test_compare_report_shows_failed_run_as_missing(tmp_path, monkeypatch):
     rows = (tmp_path / "report" / "runs.csv").read_text().splitlines()
     assert len(rows) == 4
     failed = next(r for r in rows if "beta=8" in r)
+    assert ",mixture," in next(r for r in rows if "beta=4" in r)  # the prior, a column
     assert "FAILED" in failed and failed.count("missing") >= 5
     table = (tmp_path / "report" / "runs.md").read_text().splitlines()
     assert len(table) == 5 and table[1].count("---|") == len(compare.COLUMNS)

@@ -40,6 +40,7 @@ COLUMNS = [  # (header, where, key)
     ("beta", "params", "train.kl.beta"),
     ("schedule", "params", "train.kl.schedule"),
     ("free_bits", "params", "train.kl.free_bits"),
+    ("prior", "params", "train.prior.kind"),
     ("test_nll", "metrics", "test_nll"),
     ("neg_elbo", "metrics", "test_neg_elbo"),
     ("reconstruction", "metrics", "test_reconstruction"),
