@@ -14,14 +14,15 @@ import argparse
 import time
 
 MIXTURE = {"kind": "mixture", "components": 64}
+STANDARD = {"kind": "standard"}
 VARIANTS = {  # name: train-section overrides of params.yaml
-    "standard, free bits": {"prior": {"kind": "standard"}, "kl": {"free_bits": 0.25}},
-    "standard": {"prior": {"kind": "standard"}, "kl": {"free_bits": 0.0}},
+    "N(0, I), free bits": {"prior": STANDARD, "kl": {"free_bits": 0.25, "schedule": "constant"}},
+    "N(0, I), warm-up": {"prior": STANDARD, "kl": {"free_bits": 0.0, "schedule": "linear"}},
     "mixture 64": {"prior": MIXTURE, "kl": {"free_bits": 0.0, "schedule": "constant"}},
     "mixture 64, warm-up": {"prior": MIXTURE, "kl": {"free_bits": 0.0, "schedule": "linear"}},
-    "mixture 500": {
+    "mixture 500, warm-up": {
         "prior": {**MIXTURE, "components": 500},
-        "kl": {"free_bits": 0.0, "schedule": "constant"},
+        "kl": {"free_bits": 0.0, "schedule": "linear"},
     },
 }
 
