@@ -165,9 +165,11 @@ def test_mlproject_train_entry_point(project, real_mirror):
             "-P",
             "latent_dim=3",
             "-P",
-            "schedule=linear",
+            "schedule=constant",
             "-P",
             "free_bits=0",
+            "-P",
+            "prior=standard",
             "--env-manager",
             "local",
             "--experiment-name",
@@ -181,9 +183,9 @@ def test_mlproject_train_entry_point(project, real_mirror):
     assert len(runs) == 1  # the project's run is the training run: no second, empty run
     (r,) = runs
     assert r.info.status == "FINISHED"
-    assert (
-        r.info.run_name
-        == "train.epochs=1 architecture.latent_dim=3 kl.beta=3 kl.schedule=linear kl.free_bits=0"
+    assert r.info.run_name == (
+        "train.epochs=1 architecture.latent_dim=3 kl.beta=3 kl.schedule=constant "
+        "prior.kind=standard"
     )
     assert r.data.params["train.architecture.latent_dim"] == "3"
     assert r.data.tags["mlflow.project.entryPoint"] == "train"

@@ -43,7 +43,11 @@ from vaelab.training.pipeline import training_dataset
         {"architecture": {"kind": "conv", "batch_norm": True}},
         {"architecture": {"kind": "conv", "upsample": "pixel_shuffle"}},
         {"architecture": {"kind": "mlp", "batch_norm": True, "activation": "elu"}},
-        {"likelihood": {"kind": "gaussian"}, "kl": {"schedule": "cyclical", "free_bits": 0.5}},
+        {
+            "likelihood": {"kind": "gaussian"},
+            "kl": {"schedule": "cyclical", "free_bits": 0.5},
+            "prior": {"kind": "standard"},
+        },
         {"prior": {"kind": "mixture", "components": 4}, "kl": {"free_bits": 0.0}},
     ],
     ids=[
@@ -413,7 +417,8 @@ def test_early_stopping_waits_for_the_kl_weight_to_settle(tmp_path, schedule, wa
     tests/data) stopped at epoch 41: each cycle restarts beta at 0, and the objective rose for
     more than the patience of 10. Replayed, its recorded objective stops a run whose weight is
     constant there where it stopped, and not one that is still cycling."""
-    params = committed_params().replace({"train": {"kl": {"schedule": schedule, "free_bits": 0.0}}})
+    kl = {"schedule": schedule, "free_bits": 0.0}
+    params = committed_params().replace({"train": {"epochs": 130, "kl": kl}})
     settled = BetaSchedule(params.train.kl, params.train.epochs, 391).settled_epoch()
     history = EpochHistory(tmp_path / "history.csv")
     callbacks = build_callbacks(params, TrainingState(tmp_path), history, None, settled)
@@ -481,6 +486,7 @@ def test_the_plateau_waits_for_the_kl_weight_to_settle(tmp_path):
     params = committed_params().replace(
         {
             "train": {
+                "epochs": 130,  # the recorded run's
                 "kl": {"schedule": "cyclical", "free_bits": 0.0},
                 "lr_schedule": {"name": "constant"},
                 "reduce_on_plateau": {"enabled": True},
