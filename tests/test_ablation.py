@@ -302,6 +302,19 @@ def test_a_screening_at_one_seed_reports_its_differences_without_a_verdict(repo)
     assert line in (repo / "abl" / "ablation.md").read_text()
 
 
+def test_a_candidate_run_before_its_baseline_is_reported_with_its_own_numbers(repo):
+    """`--only` a candidate: the report renders, and says the baseline has not run."""
+    spec = {**TINY_PLAN, "seeds": [1], "variants": [{**v, "seeds": [1]} for v in
+                                                  TINY_PLAN["variants"]]}  # fmt: skip
+    plan = _plan(repo / "abl", spec)
+    with job_lock(repo / "abl"):
+        only = load_plan(repo / "abl" / "plan.yaml", {"beta-2"})
+        run_plan(only, repo / "abl" / RESULTS, FakeExecutor(repo), load_params())
+    text = render(repo / "abl", plan, read_rows(repo / "abl" / RESULTS)).read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| KL weight: beta = 2 "))
+    assert "no baseline run yet" in line and "test NLL 91.10" in line
+
+
 def test_another_plans_report_names_its_own_runs_and_has_no_tuning_table(repo):
     spec = {**TINY_PLAN, "prefix": "bk", "profile": {"evaluate.importance_samples": 200}}
     diverged = "error: training diverged: loss nan at batch 3.\n"

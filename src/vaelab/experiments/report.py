@@ -78,12 +78,21 @@ def summary_csv(found: list[Summary]) -> str:
     return out.getvalue()
 
 
-def _why(row: dict[str, str], base: dict[str, str]) -> str:
-    mean = {c: (float(row[f"{c}_mean"]), float(base[f"{c}_mean"])) for c in WHY if row[f"{c}_mean"]}
+def _digits(metric: str) -> int:
+    """Decimals a metric's differences are shown with: nats to 2, squared errors to 4."""
+    return 2 if metric == "test_nll" else 4
+
+
+def _why(row: dict[str, str], base: dict[str, str] | None) -> str:
     if row["verdict"] == "fails to train":
         return f"all {row['failed']} seeds diverged (NaN loss)"
     if row["same_as"]:
         return f"never acted: same runs as {row['same_as']}"
+    if base is None:
+        metric = row["metric"]
+        name = "test NLL" if metric == "test_nll" else metric
+        return f"no baseline run yet: {name} {float(row[f'{metric}_mean']):.{_digits(metric)}f}"
+    mean = {c: (float(row[f"{c}_mean"]), float(base[f"{c}_mean"])) for c in WHY if row[f"{c}_mean"]}
     if row["metric"] != "test_nll":
         return "judged on pixels: reconstruction MSE {:.4f} against {:.4f}".format(*mean[WHY[0]])
     (rate, r0), (dist, d0), (units, _) = (mean[c] for c in WHY[1:])
@@ -92,15 +101,15 @@ def _why(row: dict[str, str], base: dict[str, str]) -> str:
 
 def tricks_table(summary: Rows) -> str:
     """The README's table, from summary.csv: every judged trick, most helpful first."""
-    base = next(r for r in summary if r["variant"] == "baseline")
+    base = next((r for r in summary if r["variant"] == "baseline"), None)
     judged = [r for r in summary if r["verdict"] != "baseline"
-              and (r["difference"] or r["verdict"] == "fails to train")]  # fmt: skip
+              and (r["difference"] or r["verdict"] == "fails to train" or not base)]  # fmt: skip
     judged.sort(key=lambda r: (r["metric"] != "test_nll", float(r["difference"] or math.inf)))
 
     def effect(r: dict[str, str]) -> str:
         if not r["difference"]:
             return ""
-        d = 2 if r["metric"] == "test_nll" else 4
+        d = _digits(r["metric"])
         if not r["low"]:
             return f"{float(r['difference']):+.{d}f} (one seed: no interval)"
         low, mid, high = (float(r[c]) for c in ("low", "difference", "high"))
