@@ -315,6 +315,16 @@ def test_a_candidate_run_before_its_baseline_is_reported_with_its_own_numbers(re
     assert "no baseline run yet" in line and "test NLL 91.10" in line
 
 
+def test_a_baseline_run_alone_is_reported_as_nothing_to_compare_yet(repo):
+    plan = _plan(repo / "abl", TINY_PLAN)
+    with job_lock(repo / "abl"):
+        only = load_plan(repo / "abl" / "plan.yaml", {"baseline"})
+        run_plan(only, repo / "abl" / RESULTS, FakeExecutor(repo), load_params())
+    text = render(repo / "abl", plan, read_rows(repo / "abl" / RESULTS)).read_text()
+    assert "No variant has run against the baseline yet." in text and "| trick" not in text
+    assert "forest" not in text and not (repo / "abl" / "forest.png").exists()  # nothing to plot
+
+
 def test_another_plans_report_names_its_own_runs_and_has_no_tuning_table(repo):
     spec = {**TINY_PLAN, "prefix": "bk", "profile": {"evaluate.importance_samples": 200}}
     diverged = "error: training diverged: loss nan at batch 3.\n"

@@ -118,6 +118,8 @@ def tricks_table(summary: Rows) -> str:
     lines = [
         [f"{r['group']}: {r['label']}", effect(r), r["verdict"], _why(r, base)] for r in judged
     ]
+    if not lines:
+        return "No variant has run against the baseline yet.\n"
     head = ["trick", f"Δ test NLL, nats [{LEVEL:.0%} CI]", "verdict", "why"]
     return tabulate(lines, head, tablefmt="github") + "\n"
 
@@ -142,9 +144,11 @@ def outcome(row: dict[str, str]) -> str:
     return row["status"].split(". ")[0].rstrip(".")
 
 
-def forest(found: list[Summary]) -> plt.Figure:
-    """Effect on test NLL ± its interval per variant, sorted, zero marked."""
+def forest(found: list[Summary]) -> plt.Figure | None:
+    """Effect on test NLL ± its interval per variant, sorted, zero marked; None before any."""
     judged = [s for s in found if s.interval and s.exp.metric == "test_nll"]
+    if not judged:
+        return None
     judged.sort(key=lambda s: s.interval.difference)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.34 * max(len(judged), 1)))
     for y, s in enumerate(judged):
@@ -232,14 +236,16 @@ def render(out: Path, plan: Plan, rows: Rows) -> Path:
     text = summary_csv(found)
     write_text(out / "summary.csv", text)
     table = tricks_table(list(csv.DictReader(io.StringIO(text))))
-    save_figure(forest(found), out / "forest.png")
+    shown = []
+    if effects := forest(found):
+        save_figure(effects, out / "forest.png")
+        shown = ["![forest plot](forest.png)", ""]
     save_figure(rate_distortion(found), out / "rate_distortion.png")
     generated = [
         *header(plan, rows),
         "",
         table,
-        "![forest plot](forest.png)",
-        "",
+        *shown,
         "![rate-distortion plane](rate_distortion.png)",
         "",
         "In numbers: [summary.csv](summary.csv); every run: [runs.csv](runs.csv).",
