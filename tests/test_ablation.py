@@ -302,25 +302,26 @@ def test_a_screening_at_one_seed_reports_its_differences_without_a_verdict(repo)
     assert line in (repo / "abl" / "ablation.md").read_text()
 
 
+def _report_after_only(repo, spec: dict, variant: str) -> str:
+    """The whole plan's page after `--only variant` ran."""
+    plan = _plan(repo / "abl", spec)
+    with job_lock(repo / "abl"):
+        only = load_plan(repo / "abl" / "plan.yaml", {variant})
+        run_plan(only, repo / "abl" / RESULTS, FakeExecutor(repo), load_params())
+    return render(repo / "abl", plan, read_rows(repo / "abl" / RESULTS)).read_text()
+
+
 def test_a_candidate_run_before_its_baseline_is_reported_with_its_own_numbers(repo):
     """`--only` a candidate: the report renders, and says the baseline has not run."""
     spec = {**TINY_PLAN, "seeds": [1], "variants": [{**v, "seeds": [1]} for v in
                                                   TINY_PLAN["variants"]]}  # fmt: skip
-    plan = _plan(repo / "abl", spec)
-    with job_lock(repo / "abl"):
-        only = load_plan(repo / "abl" / "plan.yaml", {"beta-2"})
-        run_plan(only, repo / "abl" / RESULTS, FakeExecutor(repo), load_params())
-    text = render(repo / "abl", plan, read_rows(repo / "abl" / RESULTS)).read_text()
+    text = _report_after_only(repo, spec, "beta-2")
     line = next(x for x in text.splitlines() if x.startswith("| KL weight: beta = 2 "))
     assert "no baseline run yet" in line and "test NLL 91.10" in line
 
 
 def test_a_baseline_run_alone_is_reported_as_nothing_to_compare_yet(repo):
-    plan = _plan(repo / "abl", TINY_PLAN)
-    with job_lock(repo / "abl"):
-        only = load_plan(repo / "abl" / "plan.yaml", {"baseline"})
-        run_plan(only, repo / "abl" / RESULTS, FakeExecutor(repo), load_params())
-    text = render(repo / "abl", plan, read_rows(repo / "abl" / RESULTS)).read_text()
+    text = _report_after_only(repo, TINY_PLAN, "baseline")
     assert "No variant has run against the baseline yet." in text and "| trick" not in text
     assert "forest" not in text and not (repo / "abl" / "forest.png").exists()  # nothing to plot
 
