@@ -200,9 +200,9 @@ def test_a_malformed_profile_in_a_plan_is_refused_before_any_run(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
-    plan = {"prefix": "p", "base": "baseline.yaml", "profile": {"train.epochs": "ten"},
-            "seeds": 1, "stage": "train",
-            "variants": [{"name": "baseline", "group": "g", "label": "l"}]}  # fmt: skip
+    plan = {"title": "t", "prefix": "p", "base": "baseline.yaml",
+            "profile": {"train.epochs": "ten"}, "seeds": 1, "stage": "train",
+            "arms": [{"name": "baseline", "group": "g", "label": "l"}]}  # fmt: skip
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
-    with pytest.raises(VaelabError, match=r"(?s)variant baseline: .*train\.epochs"):
+    with pytest.raises(VaelabError, match=r"(?s)arm baseline: .*train\.epochs"):
         load_plan(tmp_path / "plan.yaml")

@@ -13,12 +13,12 @@ import yaml
 from tests.conftest import ROOT, commit_all, run
 
 SRC = ROOT / "src"
-# Modules that only talk to MLflow: they log what a stage computed, read (never write) the
-# prepared data's metadata for the run's dataset inputs, and keep run ids and unsent logging
-# under base.paths.state, which is no DVC output. The one value of theirs that reaches a DVC
-# output is the run id in results/train/run.json, which is new for every training anyway. So
-# editing them must not re-run a 15-minute training; nothing they import is followed either.
-ONLY_TALK_TO_MLFLOW = ("vaelab.tracking",)
+# Modules that only talk to MLflow: they log what a stage computed (the model as MLflow
+# serves it included: `serving/`), and keep run ids and unsent logging under
+# base.paths.state, which is no DVC output. The one value of theirs that reaches a DVC output is the run id in
+# results/train/run.json, which is new for every training anyway. So editing them must not
+# re-run a 15-minute training; nothing they import is followed either.
+ONLY_TALK_TO_MLFLOW = ("vaelab.tracking", "vaelab.serving")
 
 
 def module_file(name: str) -> Path | None:
@@ -106,6 +106,17 @@ def test_the_walker_sees_function_level_imports_and_leaves_out_only_mlflow_code(
     # train() imports the tracking code too: seen, and left out by the rule alone
     assert "vaelab.tracking.runs" in imported_modules(SRC / "vaelab/training/loop.py")
     assert Path("src/vaelab/tracking/runs.py") not in closure
+
+
+def test_tracking_is_a_leaf_that_imports_only_core():
+    """`tracking/` talks to MLflow about what others computed: it imports nothing of vaelab
+    but `core/` (so every stage and command may import it, and it none of them)."""
+    for path in (SRC / "vaelab/tracking").glob("*.py"):
+        allowed = ("vaelab.core", "vaelab.tracking")
+        outside = {m for m in imported_modules(path) if m != "vaelab"} - {
+            m for m in imported_modules(path) if m.startswith(allowed)
+        }
+        assert not outside, f"{path.name} imports {sorted(outside)}"
 
 
 @pytest.mark.slow

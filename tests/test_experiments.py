@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import ROOT, commit_all, run
 from vaelab import cli
-from vaelab.tracking import compare
+from vaelab.experiments import compare
 from vaelab.tracking.runs import KIND_TAG
 
 

@@ -66,7 +66,7 @@ def test_every_override_an_entry_point_sets_is_a_valid_param(entry, tmp_path):
 
 
 def test_the_long_plan_runs_what_the_long_entry_point_runs(tmp_path):
-    """docs/long/variants.yaml's baseline is `mlflow run . -e long`: the same overrides, so
+    """docs/long/plan.yaml's baseline is `mlflow run . -e long`: the same overrides, so
     the plan measures the profile users run (it trained on JAX while the entry point did not
     say; the conv net trains at half the speed there)."""
     from vaelab.core.params import load_params
@@ -76,8 +76,8 @@ def test_the_long_plan_runs_what_the_long_entry_point_runs(tmp_path):
     entry = dict(tokens[i + 1].split("=", 1) for i, t in enumerate(tokens) if t == "-S")
     base = load_params(ROOT / "docs" / "long" / "baseline.yaml")  # params.yaml when planned
     entry = base.replace(nested({k: yaml.safe_load(v) for k, v in entry.items()}))
-    plan = load_plan(ROOT / "docs" / "long" / "variants.yaml")
+    plan = load_plan(ROOT / "docs" / "long" / "plan.yaml")
     (baseline,) = [e for e in plan.experiments
-                   if e.variant == "baseline" and e.seed == entry.base.seed]  # fmt: skip
+                   if e.arm == "baseline" and e.seed == entry.base.seed]  # fmt: skip
     ours = baseline.params.model_dump(exclude={"base"})
     assert ours == entry.model_dump(exclude={"base"})

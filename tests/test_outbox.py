@@ -66,24 +66,26 @@ def test_a_replay_after_a_failed_upload_logs_each_value_once(store, tmp_path, mo
 def test_a_kept_model_is_logged_on_replay_with_its_scoring_settings(store, tmp_path, monkeypatch):
     from tests.conftest import TINY_TRAIN, committed_params
     from vaelab.model.vae import build_vae
-    from vaelab.serving import log
+    from vaelab.serving.log import served_model
+    from vaelab.tracking import outbox
 
     client, run_id = store
     path = tmp_path / "model.keras"
     build_vae(committed_params().replace({"train": TINY_TRAIN}).train, seed=0).save(path)
     config = {"seed": 5, "k": 77, "batch_size": 10, "chunk": 7}
-    real_log = log.log_served_model
+    real_log = outbox._log_served_model
 
     def store_away(*args, **kwargs):
         raise ConnectionError("tracking server away")
 
-    monkeypatch.setattr(log, "log_served_model", store_away)
+    monkeypatch.setattr(outbox, "_log_served_model", store_away)
     box = tmp_path / "state" / "outbox"
-    delivery = Delivery(run_id, model=str(path), model_config=config, status="FINISHED")
+    delivery = Delivery(run_id, model=str(path), served=served_model(path, config),
+                        status="FINISHED")  # fmt: skip
     assert deliver(delivery, box) is False
     path.unlink()  # the next run replaces the DVC output: the outbox kept its own copy
 
-    monkeypatch.setattr(log, "log_served_model", real_log)
+    monkeypatch.setattr(outbox, "_log_served_model", real_log)
     assert flush(box) == (1, 0)
     served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     defaults = {p.name: p.default for p in served.metadata.signature.params.params}

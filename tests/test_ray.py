@@ -153,7 +153,7 @@ def assert_landed_once(project: Path, remote: str, names: list[str]) -> None:
     """One row, one ref in the git remote and one finished training run per experiment; every
     other attempt marked killed, none left running."""
     rows = read_rows(project / "report" / "experiments.csv")
-    assert sorted(r["variant"] for r in rows) == sorted(n.split("-")[-2] for n in names)
+    assert sorted(r["arm"] for r in rows) == sorted(n.split("-")[-2] for n in names)
     assert {r["status"] for r in rows} == {OK}
     pushed = run(["git", "ls-remote", remote, "refs/exps/*"], project).split()
     assert sorted(p.rsplit("/", 1)[-1] for p in pushed if p.startswith("refs/")) == names

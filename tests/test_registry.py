@@ -25,7 +25,8 @@ def store(tmp_path, monkeypatch):
 def _finished_run(experiment: str, sweep: str, nll: float, seed: int) -> str:
     """A finished run whose served model is a tiny VAE initialized with ``seed``."""
     from vaelab.model.vae import build_vae
-    from vaelab.serving.log import log_served_model
+    from vaelab.serving.log import served_model
+    from vaelab.tracking.outbox import Delivery, send
 
     train = committed_params().replace({"train": TINY_TRAIN}).train
     path = Path(f"vae-{seed}.keras")
@@ -33,7 +34,8 @@ def _finished_run(experiment: str, sweep: str, nll: float, seed: int) -> str:
     with mlflow.start_run(experiment_id=experiment, tags={"sweep": sweep}) as run:
         mlflow.log_metrics({"test_nll": nll, "test_neg_elbo": nll + 5, "test_kl": 25.0})
         mlflow.set_tags({"importance_samples": "1000", "test_images": "10000"})
-        log_served_model(path, {"seed": 0, "k": 10, "batch_size": 100, "chunk": 10})
+    served = served_model(path, {"seed": 0, "k": 10, "batch_size": 100, "chunk": 10})
+    send(Delivery(run.info.run_id, model=str(path), served=served), set())
     return run.info.run_id
 
 

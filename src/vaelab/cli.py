@@ -19,8 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name: (what it does, an example)
     "sweep": ("run a grid of params overrides as DVC experiments, tracked in MLflow under one "
               "parent run, then compare them and register the best as the champion",
               "vaelab sweep -S 'train.kl.beta=0.5,1,2,4' --name beta-sweep"),
-    "ablation": ("run what docs/ablation/runs.csv lacks of the trick ablation's plan, and "
-                 "render its report", "vaelab ablation --only baseline,beta-2 --jobs 2"),
+    "ablation": ("run what a study's runs.csv lacks of its plan (default: the trick ablation, "
+                 "docs/ablation/plan.yaml), and render its page",
+                 "vaelab ablation --plan docs/claims/plan.yaml --only batch-norm"),
     "compare": ("compare the runs of an MLflow experiment (a sweep's, with --sweep) in one "
                 "report: table, rate-distortion plot, reconstructions side by side",
                 "vaelab compare --sweep beta-sweep"),
@@ -58,9 +59,9 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _ablation(args: argparse.Namespace) -> None:
-    from vaelab.experiments.ablation import RESULTS, run_ablation
     from vaelab.experiments.plan import load_plan
     from vaelab.experiments.results import answer, read_rows
+    from vaelab.experiments.study import RESULTS, run_study
 
     only = set(args.only.split(",")) if args.only else None
     if args.list:  # every run, its stage, whether runs.csv answers it, its overrides
@@ -70,11 +71,11 @@ def _ablation(args: argparse.Namespace) -> None:
             print(f"{e.name:40s} {e.stage:9s} {done:7s} {e.overrides}")
         return
     executor = None if args.report else _executor(args)
-    print(f"wrote {run_ablation(args.plan, executor, only)}")
+    print(f"wrote {run_study(args.plan, executor, only)}")
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from vaelab.tracking.compare import compare_runs
+    from vaelab.experiments.compare import compare_runs
     from vaelab.tracking.store import connect
 
     connect(require=True)
@@ -140,10 +141,10 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--gpus", type=float, help="GPUs per experiment (Ray; default: 1 where "
                        "the cluster has GPUs, else 0)")  # fmt: skip
     p = sub["ablation"]
-    p.add_argument("--plan", type=Path, default=ABLATION / "variants.yaml", help="a plan file")
-    p.add_argument("--only", help="comma-separated variant names")
+    p.add_argument("--plan", type=Path, default=ABLATION / "plan.yaml", help="a plan file")
+    p.add_argument("--only", help="comma-separated arm names")
     p.add_argument("--list", action="store_true", help="list the runs and which are done")
-    p.add_argument("--report", action="store_true", help="render the report only, run nothing")
+    p.add_argument("--report", action="store_true", help="render the page only, run nothing")
     for name in ("compare", "register"):
         sub[name].add_argument("--experiment", help="default: base.experiment of params.yaml")
     sub["compare"].add_argument("--sweep", help="only runs tagged sweep=NAME")

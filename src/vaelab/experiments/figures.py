@@ -1,11 +1,12 @@
-"""Figures that compare runs: the rate-distortion plane and learning curves with their spread
-over seeds."""
+"""The figures that compare runs: effects with their intervals (a forest plot), the
+rate-distortion plane, and learning curves with their spread over seeds."""
 
 from __future__ import annotations
 
 import math
 import textwrap
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,14 +14,62 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+from vaelab.experiments.measures import DIVERGED, LEVEL, metric
+
+if TYPE_CHECKING:
+    from vaelab.experiments.report import Comparison, Summary
 
 History = list[dict[str, float]]  # one run's rows, one per epoch
+COLOURS = {"helps": "tab:green", "hurts": "tab:red"}
+LINEAR = 4.0  # a forest panel turns logarithmic beyond this many of its units' effects ...
+LINEAR_WITHIN = 1.0  # ... linear within this
+
+
+def forest(found: list[Comparison]) -> plt.Figure | None:
+    """One panel per measure: each arm's mean paired difference and its interval, sorted,
+    coloured by its adjusted verdict, zero marked; None before any interval exists."""
+    shown = [c for c in found if c.measure != DIVERGED and not math.isnan(c.effect.low)]
+    if not shown:
+        return None
+    rows = {m: sorted((c for c in shown if c.measure == m), key=lambda c: c.effect.difference)
+            for m in dict.fromkeys(c.measure for c in shown)}  # fmt: skip
+    heights = [0.8 + 0.32 * len(r) for r in rows.values()]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 0.6 + sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})  # fmt: skip
+    for ax, (measure, judged) in zip(axes[:, 0], rows.items(), strict=True):
+        for y, c in enumerate(judged):
+            e = c.effect
+            ax.errorbar(e.difference, y, xerr=[[e.difference - e.low], [e.high - e.difference]],
+                        fmt="o", color=COLOURS.get(c.verdict, "gray"), capsize=3)  # fmt: skip
+        ax.axvline(0.0, color="black", linewidth=1)
+        ax.set_yticks(range(len(judged)), [f"{c.arm.group}: {c.arm.label} (n={c.effect.n})"
+                                           for c in judged], fontsize=8)  # fmt: skip
+        spread = max(max(-c.effect.low, c.effect.high) for c in judged)
+        scale = ""
+        if spread > LINEAR * LINEAR_WITHIN:
+            low, high = (limit * 1.15 for limit in ax.get_xlim())
+            ax.set_xscale("symlog", linthresh=LINEAR_WITHIN)  # small effects stay legible
+            ax.set_xlim(low, high)
+            ticks = [t * s for t in (0.5, 1, 2, 5, 10, 20, 50, 100) for s in (-1, 1)]
+            ax.set_xticks(sorted(t for t in [0, *ticks] if low <= t <= high))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            scale = f"; linear within ±{LINEAR_WITHIN:g}, logarithmic beyond"
+        m = metric(measure)
+        unit = f", {m.unit}" if m.unit else ""
+        ax.set_xlabel(f"{m.label}{unit}: arm minus its reference, mean of seed pairs "
+                      f"({LEVEL:.0%} paired-t interval){scale}", fontsize=9)  # fmt: skip
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_title("Effect of each arm on its reference (< 0 is better; green helps, red "
+                         "hurts after the correction, grey: no verdict)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return fig
 
 
 @dataclass(frozen=True)
 class RatePoint:
-    """One run (or the mean of a variant's seeds) on the rate-distortion plane."""
+    """One run (or the mean of an arm's seeds) on the rate-distortion plane."""
 
     label: str
     rate: float
@@ -28,7 +77,21 @@ class RatePoint:
     rate_sd: float = 0.0
     distortion_sd: float = 0.0
     colour: str = "tab:blue"
-    star: bool = False  # the baseline
+    star: bool = False  # a reference
+
+
+def rate_points(found: list[Summary]) -> list[RatePoint]:
+    """Each arm with both means, coloured by nothing but whether it is a reference."""
+    referenced = {s.arm.against for s in found}
+    points = []
+    for s in found:
+        if {"test_kl", "test_reconstruction"} <= s.means.keys():
+            star = s.arm.name in referenced
+            rate, distortion = (s.means[m] for m in ("test_kl", "test_reconstruction"))
+            sds = (float(np.nan_to_num(s.sds[m])) for m in ("test_kl", "test_reconstruction"))
+            points.append(RatePoint(s.arm.label, rate, distortion, *sds,
+                                    colour="black" if star else "tab:blue", star=star))  # fmt: skip
+    return points
 
 
 def rate_distortion(points: list[RatePoint], title: str, of: str = "test set") -> plt.Figure:
@@ -62,42 +125,39 @@ def rate_distortion(points: list[RatePoint], title: str, of: str = "test set") -
 
 @dataclass(frozen=True)
 class Panel:
-    """One variant's validation -ELBO curves over its baseline's, and the level counted as
-    converged (``within`` nats above the baseline's final value)."""
+    """One arm's validation -ELBO curves over its reference's, and the plan's thresholds."""
 
     title: str
     label: str
     runs: list[History]
-    baseline: str
-    baseline_runs: list[History]
-    converged: float
+    reference: str
+    reference_runs: list[History]
+    thresholds: list[float]
 
 
-def learning_curves(panels: list[Panel], within: float) -> plt.Figure:
-    """Validation -ELBO per epoch, mean and min-max band over seeds: each variant (red) over
-    its baseline (black), one panel each, the converged level dashed."""
+def learning_curves(panels: list[Panel]) -> plt.Figure:
+    """Validation -ELBO per epoch, mean and min-max band over seeds: each arm (red) over its
+    reference (black), one panel each, the thresholds of `epochs_to_*` dashed."""
     cols = 4
     rows_n = max(1, math.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
-        if panel.baseline_runs:
-            _band(ax, panel.baseline_runs, "black", panel.baseline)
+        if panel.reference_runs:
+            _band(ax, panel.reference_runs, "black", panel.reference)
         _band(ax, panel.runs, "tab:red", panel.label)
-        ax.axhline(panel.converged, color="gray", linewidth=0.8, linestyle="--")
+        for threshold in panel.thresholds:
+            ax.axhline(threshold, color="gray", linewidth=0.8, linestyle="--")
         ax.set_title(textwrap.fill(panel.title, 60), fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.2)
-        ends = [h[-1]["val_neg_elbo"] for h in panel.runs]
-        if math.isfinite(panel.converged):  # from both final values to 12 nats above them
-            ends.append(panel.converged - within)
-        ax.set_ylim(min(ends) - 1.5, max(ends) + 12)
+        ends = [h[-1]["val_neg_elbo"] for h in panel.runs + panel.reference_runs]
+        ax.set_ylim(min([*ends, *panel.thresholds]) - 1.5, max([*ends, *panel.thresholds]) + 12)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation -ELBO, nats")
-    fig.suptitle(f"Validation -ELBO per epoch: each variant (red) over its baseline (black), "
-                 f"mean and min-max band over seeds; dashed: within {within:g} nat of the "
-                 "baseline's final value")  # fmt: skip
+    fig.suptitle("Validation -ELBO per epoch: each arm (red) over its reference (black), mean "
+                 "and min-max band over seeds; dashed: the plan's thresholds")  # fmt: skip
     fig.tight_layout()
     return fig
 

@@ -1,7 +1,9 @@
-"""A job's plan as data (a YAML file): its baseline params, the profile every run applies
-over it, and its variants, each a set of params overrides at some seeds. An experiment is
-known by its seed and *effective* overrides (where its params differ from the baseline's), so
-a renamed variant keeps its runs and a variant at the baseline's setting is the baseline."""
+"""A study's plan as data (a YAML file): its baseline params, the profile every run applies
+over it, its arms (each a set of params overrides at some seeds), what each arm is compared
+with and on which measures, the stress test of stability, and the arms that only choose a
+setting. An experiment is known by its seed and *effective* overrides (where its params
+differ from the baseline's), so a renamed arm keeps its runs and an arm at the baseline's
+setting is the baseline. Nothing in the code gives meaning to an arm's name."""
 
 from __future__ import annotations
 
@@ -11,77 +13,168 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vaelab.core.atomic import write_text
 from vaelab.core.errors import VaelabError
 from vaelab.core.overrides import differences, nested, pairs
 from vaelab.core.params import Params, load_params
+from vaelab.experiments.measures import metric
 
 STAGES = ("train", "evaluate", "figures")  # a run up to a later stage answers an earlier one
 RESULTS = ("prepare", "train", "classifier", "evaluate")  # the sections that decide results
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # usable in a git ref, as DVC experiment names are
 Stage = Literal["train", "evaluate", "figures"]
+STRESS_DIGITS = 6  # significant digits of a stressed value (0.003 x 5 is 0.015, not ...01)
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class VariantSpec(_Spec):
+def _measures(names: list[str] | None) -> list[str] | None:
+    for name in names or ():
+        metric(name)  # a ValueError names the known ones
+    return names
+
+
+class ArmSpec(_Spec):
     name: str = Field(pattern=NAME)
     group: str = Field(min_length=1)
     label: str = Field(min_length=1, description="{dotted.key} is filled from the params")
     set: dict[str, Any] = {}
     seeds: int | list[int] | None = None
     stage: Stage | None = None
-    metric: str = "test_nll"
-    against: str = Field("baseline", description="the variant it is compared with (claims)")
+    against: str | None = Field(None, description="the arm it is compared with; null: none")
+    measures: list[str] | None = None
+    stress: list[PositiveFloat] | None = None  # factors; default the plan's
+
+    _check_measures = field_validator("measures")(_measures)
+
+
+class StressSpec(_Spec):
+    """Stability: each arm re-run with ``key`` (its own value) times each factor, on a short
+    profile (``set``), counting the seeds that diverge."""
+
+    key: str = "train.optimizer.learning_rate"
+    factors: list[PositiveFloat] = Field(min_length=1)
+    set: dict[str, Any] = {}
+    stage: Stage = "train"
+    seeds: int | list[int] | None = None  # default the plan's
+
+
+class SelectionSpec(_Spec):
+    """Arms of ``group`` only choose a setting: the ``over`` value of lowest ``by`` for each
+    value of ``per``."""
+
+    group: str
+    by: str
+    per: str
+    over: str
+    title: str
+
+    _check_by = field_validator("by")(lambda v: _measures([v])[0])
+
+
+class SameCodeSpec(_Spec):
+    """Code versions (runs.csv's ``code``) whose differences were checked not to change a
+    number, and how: their runs pair as if of one version."""
+
+    versions: list[str] = Field(min_length=2)
+    why: str = Field(min_length=1)
 
 
 class PlanSpec(_Spec):
+    title: str = Field(min_length=1)
     prefix: str = Field(pattern=NAME)
     base: str = Field(description="the baseline's params file, beside the plan")
     profile: dict[str, Any] = {}
     seeds: int | list[int]
     stage: Stage
-    report: Literal["ablation", "claims"] = "ablation"  # the page rendered from its runs
-    variants: list[VariantSpec] = Field(min_length=1)
+    against: str | None = Field(None, description="every arm's reference, unless it names one")
+    measures: list[str] = ["test_nll"]
+    correction: Literal["holm", "fdr_bh"] = "holm"
+    stress: StressSpec | None = None
+    selections: list[SelectionSpec] = []
+    same_code: list[SameCodeSpec] = []
+    readme: str | None = Field(None, description="README section its effects table fills")
+    arms: list[ArmSpec] = Field(min_length=1)
+
+    _check_measures = field_validator("measures")(_measures)
 
     @model_validator(mode="after")
     def _references(self) -> PlanSpec:
-        names = {v.name for v in self.variants}
-        for v in self.variants:
-            if v.against != "baseline" and self.report != "claims":
-                raise ValueError(
-                    f"variant {v.name}: `against` needs `report: claims` (the "
-                    "ablation report compares every variant with `baseline`)"
-                )
-            if v.against not in names | {"baseline"}:
-                raise ValueError(
-                    f"variant {v.name} is compared with {v.against!r}, which is "
-                    "not a variant of this plan: name one of its variants"
-                )
+        names = {a.name for a in self.arms}
+        if len(names) < len(self.arms):
+            raise ValueError("two arms share a name")
+        for name, where in [(self.against, "the plan's `against`"),
+                            *((a.against, f"arm {a.name}") for a in self.arms)]:  # fmt: skip
+            if name is not None and name not in names:
+                raise ValueError(f"{where} names {name!r}, which is not an arm of this plan")
+        for s in self.selections:
+            if not any(a.group == s.group for a in self.arms):
+                raise ValueError(f"selection {s.title!r}: no arm is of group {s.group!r}")
+        if any(a.stress for a in self.arms) and self.stress is None:
+            raise ValueError("an arm sets `stress` factors, but the plan has no `stress`")
         return self
+
+    def code_groups(self) -> dict[str, str]:
+        """Each code version named in ``same_code``, mapped to one version of its group
+        (groups that share a version are one)."""
+        parent: dict[str, str] = {}
+
+        def root(version: str) -> str:
+            while parent.get(version, version) != version:
+                version = parent[version]
+            return version
+
+        for group in self.same_code:
+            for version in group.versions[1:]:
+                parent[root(version)] = root(group.versions[0])
+        return {v: root(v) for group in self.same_code for v in group.versions}
+
+    def reference(self, arm: ArmSpec) -> str | None:
+        """The arm ``arm`` is compared with: its own `against` if it sets one, else the
+        plan's; None for the reference itself and for arms that only choose a setting."""
+        if "against" in arm.model_fields_set:
+            return arm.against
+        chooses = any(s.group == arm.group for s in self.selections)
+        return None if chooses or arm.name == self.against else self.against
 
 
 @dataclass(frozen=True)
 class Experiment:
     name: str  # the DVC experiment's
-    variant: str
-    group: str
-    label: str
-    metric: str
+    arm: str
     seed: int
     stage: str
     overrides: str  # the identity: effective overrides, canonical (no seed)
     params: Params = field(compare=False, repr=False)
-    against: str = "baseline"  # the variant its report compares it with
+    factor: float | None = None  # the stress factor; None for the arm's own run
 
     def answered_by(self, seed: int, overrides: str, stage: str) -> bool:
         return (seed, overrides) == (self.seed, self.overrides) and (
             STAGES.index(stage) >= STAGES.index(self.stage)
         )
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    group: str
+    label: str
+    against: str | None
+    measures: list[str]
+    params: Params  # at its first seed
+    stress: list[float]
 
 
 def _label(template: str, params: Params, where: str) -> str:
@@ -95,44 +188,66 @@ def _label(template: str, params: Params, where: str) -> str:
     return re.sub(r"\{([\w.]+)(?::([^}]*))?\}", fill, template)
 
 
-def experiments(spec: PlanSpec, base: Params, where: str) -> list[Experiment]:
-    found: dict[tuple, Experiment] = {}  # by identity and stage
-    for v in spec.variants:
-        seeds = spec.seeds if v.seeds is None else v.seeds
-        for seed in range(1, seeds + 1) if isinstance(seeds, int) else seeds:
-            try:
-                params = base.replace(nested({**spec.profile, **v.set, "base.seed": seed}))
-            except VaelabError as exc:
-                raise VaelabError(f"{where}: variant {v.name}: {exc}") from None
-            overrides = " ".join(pairs(differences(params, base, RESULTS)))
-            label = _label(v.label, params, f"{where}: variant {v.name}")
-            exp = Experiment(f"{spec.prefix}-{v.name}-s{seed}", v.name, v.group, label, v.metric,
-                             seed, v.stage or spec.stage, overrides, params, v.against)  # fmt: skip
-            twin = found.setdefault((seed, overrides, exp.stage), exp)
-            if twin is not exp:
-                raise VaelabError(f"{where}: {exp.name} runs the same experiment as {twin.name}")
-    return list(found.values())
+def _seeds(seeds: int | list[int]) -> list[int]:
+    return list(range(1, seeds + 1)) if isinstance(seeds, int) else seeds
+
+
+def _params(base: Params, settings: dict[str, Any], where: str) -> Params:
+    try:
+        return base.replace(nested(settings))
+    except VaelabError as exc:
+        raise VaelabError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
 class Plan:
+    title: str
     base: Params
+    arms: list[Arm]
     experiments: list[Experiment]
-    report: str = "ablation"
+    spec: PlanSpec = field(repr=False)
 
-    def baseline_of(self, exp: Experiment) -> str:
-        """The variant ``exp`` is compared with: itself if it is some variant's baseline,
-        else its ``against``."""
-        named = any(e.against == exp.variant for e in self.experiments)
-        return exp.variant if named or exp.variant == "baseline" else exp.against
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
 
-    def variants(self) -> list[Experiment]:
-        """The first experiment of each variant, in the plan's order."""
-        return list({e.variant: e for e in reversed(self.experiments)}.values())[::-1]
+    def runs_of(self, arm: str, factor: float | None = None) -> list[Experiment]:
+        return [e for e in self.experiments if e.arm == arm and e.factor == factor]
+
+
+def build(spec: PlanSpec, base: Params, where: str) -> Plan:
+    """Every arm, and every experiment: each arm at its seeds and, stressed, at each factor."""
+    arms, found, unique = [], [], {}
+    for a in spec.arms:
+        seeds, at = _seeds(spec.seeds if a.seeds is None else a.seeds), f"{where}: arm {a.name}"
+        own = {**spec.profile, **a.set}
+        first = _params(base, {**own, "base.seed": seeds[0]}, at)
+        compared = spec.reference(a) or any(spec.reference(o) == a.name for o in spec.arms)
+        stress = (a.stress or spec.stress.factors) if spec.stress and compared else []
+        arms.append(Arm(a.name, a.group, _label(a.label, first, at), spec.reference(a),
+                        a.measures or spec.measures, first, stress))  # fmt: skip
+        runs = [(None, own, a.stage or spec.stage, seeds)]
+        for factor in stress:
+            value = float(f"{first.flat()[spec.stress.key] * factor:.{STRESS_DIGITS}g}")
+            settings = {**own, **spec.stress.set, spec.stress.key: value}
+            runs.append((factor, settings, spec.stress.stage,
+                         _seeds(spec.stress.seeds or spec.seeds)))  # fmt: skip
+        for factor, settings, stage, at_seeds in runs:
+            for seed in at_seeds:
+                params = _params(base, {**settings, "base.seed": seed}, at)
+                overrides = " ".join(pairs(differences(params, base, RESULTS)))
+                tail = "" if factor is None else f"-x{factor:g}"
+                exp = Experiment(f"{spec.prefix}-{a.name}{tail}-s{seed}", a.name, seed, stage,
+                                 overrides, params, factor)  # fmt: skip
+                twin = unique.setdefault((seed, overrides, stage), exp)
+                if twin is not exp and factor is None and twin.factor is None:
+                    raise VaelabError(f"{where}: {exp.name} runs the same experiment as "
+                                      f"{twin.name}")  # fmt: skip
+                found.append(exp)
+    return Plan(spec.title, base, arms, found, spec)
 
 
 def load_plan(path: Path, only: set[str] | None = None) -> Plan:
-    """The plan in ``path`` (a YAML `PlanSpec`), of its variants in ``only`` if given."""
+    """The plan in ``path`` (a YAML `PlanSpec`), of its arms in ``only`` if given."""
     try:
         spec = PlanSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
@@ -143,16 +258,17 @@ def load_plan(path: Path, only: set[str] | None = None) -> Plan:
 
 
 def plan_of(spec: PlanSpec, folder: Path, where: str, only: set[str] | None = None) -> Plan:
-    """``spec`` (read from ``where``) of the job in ``folder``; its base file there is written
-    from params.yaml as it is now if absent, so a later change of params.yaml does not leak
-    into the job."""
+    """``spec`` (read from ``where``) of the study in ``folder``; its base file there is
+    written from params.yaml as it is now if absent, so a later change of params.yaml does not
+    leak into the study. With ``only``, the experiments of those arms alone."""
     base_file = folder / spec.base
     if not base_file.exists():
         write_text(base_file, yaml.safe_dump(load_params().model_dump(), sort_keys=False))
-    base = load_params(base_file)
+    plan = build(spec, load_params(base_file), where)
     if only:
-        unknown = only - {v.name for v in spec.variants}
+        unknown = only - {a.name for a in plan.arms}
         if unknown:
-            raise VaelabError(f"{where} has no variant {', '.join(sorted(unknown))}")
-        spec = spec.model_copy(update={"variants": [v for v in spec.variants if v.name in only]})
-    return Plan(base, experiments(spec, base, where), spec.report)
+            raise VaelabError(f"{where} has no arm {', '.join(sorted(unknown))}")
+        kept = [e for e in plan.experiments if e.arm in only]
+        plan = Plan(plan.title, plan.base, plan.arms, kept, spec)
+    return plan

@@ -1,12 +1,15 @@
-"""A job's results: each read back from its experiment (the DVC experiment ref of that name
+"""A study's results: each read back from its experiment (the DVC experiment ref of that name
 under the current baseline commit, never another baseline's, its params checked against the
 plan) into the results file, one CSV row per experiment, appended atomically by the one job
-that holds the folder's lock; each finished run's per-epoch history is kept beside it."""
+that holds the folder's lock; each finished run's per-epoch history is kept beside it. A row
+names the CPU and the version of the code that made its numbers (`code_version`)."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -21,26 +24,13 @@ from vaelab.core.lock import exclusive
 from vaelab.core.overrides import differences, pairs
 from vaelab.core.params import validate
 from vaelab.core.paths import Artifacts
+from vaelab.experiments.measures import METRICS
 from vaelab.experiments.plan import RESULTS, STAGES, Experiment
 
 OK = "finished"
 Rows = list[dict[str, str]]  # a results file's rows, as read
-METRICS = (  # read from the experiment's committed results: (column, stage, key)
-    ("test_nll", "evaluate", "nll"),
-    ("test_neg_elbo", "evaluate", "neg_elbo"),
-    ("rate", "evaluate", "kl"),
-    ("distortion", "evaluate", "reconstruction"),
-    ("active_units", "evaluate", "active_units"),
-    ("recon_mse_grayscale", "evaluate", "recon_mse_grayscale"),
-    ("frechet_distance", "evaluate", "frechet_distance"),
-    ("val_neg_elbo", "train", "val_neg_elbo"),
-    ("best_epoch", "train", "best_epoch"),
-    ("epochs_run", "train", "epochs"),
-    ("train_seconds", "train", "train_seconds"),
-    ("evaluate_seconds", "evaluate", "seconds"),
-)
-COLUMNS = ("status", "variant", "seed", "target", "overrides", *(m for m, _, _ in METRICS),
-           "wall_seconds", "commit", "cpu", "finished")  # fmt: skip
+COLUMNS = ("status", "arm", "seed", "target", "overrides", *METRICS, "wall_seconds", "commit",
+           "code", "cpu", "finished")  # fmt: skip
 LOCK = ".job.lock"
 HISTORIES = "histories"  # <folder>/histories/<experiment>.csv: each finished run's epochs
 
@@ -95,6 +85,20 @@ def ref_of(name: str, baseline: str) -> str:
     return f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
 
 
+@functools.cache
+def code_version(commit: str) -> str:
+    """The version of the code that makes a run's numbers at ``commit``: a digest of the git
+    trees of the code its result stages depend on there (their `src/` deps in that commit's
+    dvc.yaml), so rows committed one by one on a moving branch share it until that code
+    changes."""
+    shown = show(commit, "dvc.yaml")
+    stages = yaml.safe_load(shown)["stages"] if shown else {}
+    deps = {str(d) for name in RESULTS if name in stages for d in stages[name].get("deps", [])}
+    deps = sorted(d for d in deps if d.startswith("src/")) or ["src"]
+    listing = git("ls-tree", "-r", commit, "--", *deps).stdout
+    return hashlib.sha1(listing.encode(), usedforsecurity=False).hexdigest()[:7]
+
+
 def show(ref: str, path: str) -> str | None:
     """``path`` as committed in ``ref``; None if either is absent."""
     shown = git("show", f"{ref}:{path}", check=False)
@@ -132,7 +136,7 @@ def outputs(experiment: Experiment, ref: str) -> dict[str, Any]:
             if text is None:
                 raise VaelabError(f"experiment {experiment.name} has no {path}")
             values = json.loads(text)
-            found |= {col: values[key] for col, where, key in METRICS if where == stage}
+            found |= {name: values[m.key] for name, m in METRICS.items() if m.stage == stage}
     return found
 
 

@@ -1,4 +1,4 @@
-"""One runner for every job (a sweep, the ablation): the plan's experiments not answered yet
+"""One runner for every study (a sweep, a plan): the plan's experiments not answered yet
 go to an executor, and each that finishes is collected from its experiment and recorded.
 Only a diverged training is a result (its epochs kept from its MLflow run, since DVC commits
 no experiment for a failed stage); any other failure (a server down, a full disk, a
@@ -44,9 +44,11 @@ def failure(log: str) -> str:
 
 
 def pending(plan: Plan, rows: Rows) -> list[Experiment]:
-    """The experiments without a row, less those another of them answers (Adam's tuning run at
-    the baseline's rate is the baseline's run)."""
-    todo = [e for e in plan.experiments if answer(rows, e) is None]
+    """The experiments without a row, each once, less those another of them answers (a tuning
+    run at the baseline's rate is the baseline's run)."""
+    unique = {(e.seed, e.overrides, e.stage): e for e in reversed(plan.experiments)}
+    todo = [e for e in plan.experiments if unique[(e.seed, e.overrides, e.stage)] is e
+            and answer(rows, e) is None]  # fmt: skip
     return [
         e
         for e in todo
@@ -107,13 +109,14 @@ def _record(file: Path, exp: Experiment, ref: str, seconds: float, error: str = 
         file,
         {
             "status": f"failed: {error}" if error else OK,
-            "variant": exp.variant,
+            "arm": exp.arm,
             "seed": exp.seed,
             "target": exp.stage,
             "overrides": exp.overrides,
             **numbers,
             "wall_seconds": round(seconds, 1),
             "commit": "".join(ref.split("/")[2:4])[:7],
+            "code": results.code_version("".join(ref.split("/")[2:4])),
             "cpu": cpu_name(),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         },

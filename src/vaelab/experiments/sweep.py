@@ -1,7 +1,8 @@
 """A sweep: a grid of params overrides, each point a DVC experiment `<name>-<i>-s<seed>` run
 by the experiment runner under one MLflow parent run (both travel in the experiment's params,
 so two sweeps never mix), then compared, and the best registered as the champion. Its
-baseline, experiments.csv and report go to reports/sweeps/<name>/; the same command resumes."""
+baseline, experiments.csv, study page and comparison go to reports/sweeps/<name>/; the same
+command resumes."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from vaelab.core.overrides import pairs, split_override
 from vaelab.core.params import load_params
 from vaelab.core.paths import REPORTS, Artifacts
 from vaelab.executors import Executor
-from vaelab.experiments.plan import NAME, Plan, PlanSpec, VariantSpec, plan_of
-from vaelab.experiments.results import baseline_commit, job_lock, ref_of, show
+from vaelab.experiments import report
+from vaelab.experiments.plan import NAME, ArmSpec, Plan, PlanSpec, plan_of
+from vaelab.experiments.results import baseline_commit, job_lock, read_rows, ref_of, show
 from vaelab.experiments.runner import run_plan
+
+SWEEP_RESULTS = "experiments.csv"  # beside the comparison's runs.csv (MLflow's view)
 
 
 def grid(values: list[str]) -> list[dict[str, object]]:
@@ -29,12 +33,12 @@ def grid(values: list[str]) -> list[dict[str, object]]:
 
 
 def sweep_plan(name: str, values: list[str], folder: Path, seed: int) -> Plan:
-    variants = [
-        VariantSpec(name=str(i), group="sweep", label=" ".join(pairs(p)), set=p)
+    arms = [
+        ArmSpec(name=str(i), group="sweep", label=" ".join(pairs(p)), set=p)
         for i, p in enumerate(grid(values), 1)
     ]
-    spec = PlanSpec(prefix=name, base="baseline.yaml", seeds=[seed], stage="figures",
-                    variants=variants)  # fmt: skip
+    spec = PlanSpec(title=f"Sweep {name}", prefix=name, base="baseline.yaml", seeds=[seed],
+                    stage="figures", arms=arms)  # fmt: skip
     return plan_of(spec, folder, f"sweep {name}")
 
 
@@ -43,7 +47,7 @@ def run_sweep(name: str, values: list[str], executor: Executor, out: Path | None
     registry did."""
     import mlflow
 
-    from vaelab.tracking.compare import compare_runs
+    from vaelab.experiments.compare import compare_runs
     from vaelab.tracking.registry import promote
     from vaelab.tracking.runs import start_command_run
     from vaelab.tracking.store import connect
@@ -57,12 +61,13 @@ def run_sweep(name: str, values: list[str], executor: Executor, out: Path | None
         overrides = {"sweep.overrides": " ".join(values)}  # a restarted sweep resumes its run
         with start_command_run(params.base.experiment, "sweep", name, folder, overrides) as parent:
             extra = (f"tracking.sweep={name}", f"tracking.parent_run={parent.info.run_id}")
-            run_plan(plan, folder / "experiments.csv", executor, params, extra)
+            run_plan(plan, folder / SWEEP_RESULTS, executor, params, extra)
             # DVC restores a training it has run before instead of running it: tag that run.
             baseline, run_file = baseline_commit(), Artifacts.of(params).train_run
             for exp in plan.experiments:
                 text = show(ref_of(exp.name, baseline), run_file.as_posix())
                 if text:
                     mlflow.MlflowClient().set_tag(json.loads(text)["run_id"], "sweep", name)
+        report.render(folder, plan, read_rows(folder / SWEEP_RESULTS), SWEEP_RESULTS)
         compare_runs(params.base.experiment, name, folder)
         return promote(params.base.experiment, sweep=name)

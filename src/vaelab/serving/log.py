@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,17 +55,16 @@ def example(path: str | Path) -> np.ndarray:
     return np.round(sample_prior(load_vae(path), 2, seed=0).reshape(2, PIXELS), 3)
 
 
-def log_served_model(path: str | Path, config: dict) -> None:
-    """Log the VAE in ``path`` as the pyfunc model ``model`` of the active run; ``config``
-    (seed, k, batch_size, chunk) is the evaluate stage's, the defaults of ``score``."""
-    import mlflow
-
-    mlflow.pyfunc.log_model(
-        name=NAME,
-        python_model=str(CODE),
-        artifacts={"vae": str(path)},
-        model_config=config,
-        signature=signature(config),
-        input_example=(example(path), {"output": "score", "k": 100}),
-        pip_requirements=requirements(),
-    )
+def served_model(path: str | Path, config: dict) -> dict[str, Any]:
+    """How to log the VAE in ``path`` as the pyfunc model ``model`` (JSON, for the outbox):
+    `mlflow.pyfunc.log_model`'s arguments but the model file, the signature as a dict, the
+    input example as (rows, params). ``config`` (seed, k, batch_size, chunk) is the evaluate
+    stage's, the defaults of ``score``."""
+    return {
+        "name": NAME,
+        "python_model": str(CODE),
+        "model_config": config,
+        "signature": signature(config).to_dict(),
+        "input_example": (example(path).tolist(), {"output": "score", "k": 100}),
+        "pip_requirements": requirements(),
+    }

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from vaelab.core.mnist import IMAGE_SHAPE
 from vaelab.core.paths import Artifacts
-from vaelab.data.prepared import read_meta
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
@@ -33,12 +33,13 @@ def dvc_digest(folder: Path) -> str:
     return tree.hash_info.value
 
 
-def log_datasets(run_id: str, paths: Artifacts) -> str:
-    """Log the three splits as the run's dataset inputs; return their digest."""
+def log_datasets(run_id: str, paths: Artifacts, meta: dict[str, Any]) -> str:
+    """Log the three splits as the run's dataset inputs (``meta``: what prepare recorded of
+    them); return their digest."""
     import mlflow
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    meta, digest = read_meta(paths), dvc_digest(paths.prepared)
+    digest = dvc_digest(paths.prepared)
     inputs = []
     for split, context in CONTEXTS.items():
         source = {

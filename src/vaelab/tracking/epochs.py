@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import sys
+from typing import Protocol
 
 import keras
 
 from vaelab.core.errors import cause
-from vaelab.training.callbacks import EpochHistory
+
+
+class Rows(Protocol):
+    """The training's per-epoch history (`vaelab.training.callbacks.EpochHistory`)."""
+
+    rows: list[dict[str, float]]
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -18,7 +24,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     server is still away. One timeout, not one per epoch, on the training thread.
     """
 
-    def __init__(self, history: EpochHistory, run_id: str, logged_upto: int) -> None:
+    def __init__(self, history: Rows, run_id: str, logged_upto: int) -> None:
         super().__init__()
         self.history, self.run_id, self.logged_upto = history, run_id, logged_upto
         self.failed = False

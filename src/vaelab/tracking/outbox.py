@@ -45,7 +45,7 @@ class Delivery:
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[tuple[str, str]] = field(default_factory=list)  # (file, artifact dir)
     model: str | None = None  # a VAE .keras file, logged as the served pyfunc model
-    model_config: dict[str, int] = field(default_factory=dict)  # its evaluate settings
+    served: dict[str, Any] = field(default_factory=dict)  # how (`served_model`'s JSON spec)
     status: str | None = None  # end the run with this status once the rest is logged
     timestamp: int = field(default_factory=lambda: int(time.time() * 1000))
 
@@ -98,12 +98,23 @@ def send(delivery: Delivery, sent: set[str], record: Callable[[str], None] = lam
 
 
 def _log_served_model(run_id: str, delivery: Delivery) -> None:
+    """Log ``delivery.model`` as the pyfunc model its ``served`` spec describes: the keyword
+    arguments of `mlflow.pyfunc.log_model`, the signature as a dict and the input example as
+    (rows, params)."""
     import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
 
-    from vaelab.serving.log import log_served_model
-
+    spec = dict(delivery.served)
+    rows, settings = spec.pop("input_example")
+    signature = ModelSignature.from_dict(spec.pop("signature"))
     with mlflow.start_run(run_id=run_id):
-        log_served_model(delivery.model, delivery.model_config)
+        mlflow.pyfunc.log_model(
+            **spec,
+            artifacts={"vae": delivery.model},
+            signature=signature,
+            input_example=(np.asarray(rows, dtype=np.float32), settings),
+        )
 
 
 def deliver(delivery: Delivery, outbox: Path) -> bool:

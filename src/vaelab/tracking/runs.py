@@ -119,7 +119,7 @@ def recorded_epochs(exp_name: str) -> list[dict[str, float]]:
 
 def start_training_run(
     params: Params,
-    data_md5: Mapping[str, str],
+    meta: Mapping[str, Any],
     run_file: Path,
     environ: MutableMapping[str, str] = os.environ,
 ) -> str:
@@ -146,7 +146,7 @@ def start_training_run(
         return run_id
     root = project_root(environ)
     name = run_name(params, root)
-    tags = {**run_tags(params, root, data_md5, environ), "mlflow.runName": name}
+    tags = {**run_tags(params, root, meta["md5"], environ), "mlflow.runName": name}
     if adopted:
         run_id = adopted
         for key, value in tags.items():
@@ -156,7 +156,7 @@ def start_training_run(
         tags.update({"mlflow.source.type": "LOCAL", "mlflow.source.name": "dvc stage train"})
         run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.flat().items()])
-    log_datasets(run_id, Artifacts.of(params))
+    log_datasets(run_id, Artifacts.of(params), meta)
     write_text(run_file, run_id)
     return run_id
 
@@ -335,13 +335,15 @@ def mlflow_names(
 
 
 def finish_training_run(
-    params: Params, run_id: str, summary: dict[str, Any], rows: list[dict[str, float]]
+    params: Params,
+    run_id: str,
+    summary: dict[str, Any],
+    rows: list[dict[str, float]],
+    served: dict[str, Any],
 ) -> None:
     """Log the epochs still unsent, the best epoch's validation numbers (``best_val_*``), the
-    training time, the history and the served model (scoring as the evaluate stage does),
-    then mark the run FINISHED."""
-    from vaelab.serving.log import scoring_config
-
+    training time, the history and the model as ``served`` describes it (see
+    `vaelab.serving.log.served_model`), then mark the run FINISHED."""
     paths = Artifacts.of(params)
     metrics, tags = mlflow_names(summary, "best_", SUMMARY_TAGS, {"train_seconds": "train_seconds"})
     log_to_training_run(
@@ -352,7 +354,7 @@ def finish_training_run(
         rows=rows,
         artifacts=[(str(paths.train_history), "train")],
         model=str(paths.model),
-        model_config=scoring_config(params),
+        served=served,
         status="FINISHED",
     )
 

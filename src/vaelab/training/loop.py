@@ -201,6 +201,7 @@ def train(params: Params) -> dict[str, Any]:
 
     # Its first import takes draws from the seeded state: it must come before the seed.
     import vaelab.model.vae  # noqa: F401
+    from vaelab.serving.log import scoring_config, served_model
     from vaelab.tracking import runs
     from vaelab.tracking.epochs import MlflowEpochLogger
     from vaelab.training.callbacks import MONITOR, EpochHistory
@@ -218,7 +219,7 @@ def train(params: Params) -> dict[str, Any]:
         meta["binarize"],
     )
     state = state_dir(params, meta["md5"])
-    run_id = runs.start_training_run(params, meta["md5"], state.run_id)
+    run_id = runs.start_training_run(params, meta, state.run_id)
     history = EpochHistory(state.history)
     logger = MlflowEpochLogger(history, run_id, runs.last_logged_epoch(run_id))
     if state.fitted.exists():
@@ -236,6 +237,7 @@ def train(params: Params) -> dict[str, Any]:
     write_text(paths.train_history, state.history.read_text())
     write_json(paths.train_metrics, summary)
     write_json(paths.train_run, {"run_id": run_id, "experiment": params.base.experiment})
-    runs.finish_training_run(params, run_id, summary, logger.pending())
+    served = served_model(paths.model, scoring_config(params))
+    runs.finish_training_run(params, run_id, summary, logger.pending(), served)
     shutil.rmtree(state.folder)
     return summary

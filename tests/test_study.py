@@ -1,11 +1,14 @@
-"""The experiment layer: plans as data, the committed ablation recognized as done, the runner
-(resume, failures classified, exact refs, one job per folder), the report and its tables (one
-real run of it through DVC and a tracking server that goes away is in the slow tests)."""
+"""The study engine: plans as data, the committed studies recognized as done and rendered to
+their committed pages, the statistics (paired by seed, corrected as one family, pairs only
+within one CPU model and code version), the runner (resume, failures classified, exact refs,
+one job per folder) and the one renderer (one real run through DVC and a tracking server that
+goes away is in the slow tests)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -26,16 +29,18 @@ from vaelab.core.overrides import nested, split_override
 from vaelab.core.params import load_params
 from vaelab.core.paths import ABLATION
 from vaelab.executors import Outcome
-from vaelab.experiments import report, results
-from vaelab.experiments.ablation import RENDER, RESULTS
+from vaelab.experiments import measures, report, results
 from vaelab.experiments.plan import load_plan
 from vaelab.experiments.report import render
 from vaelab.experiments.results import OK, answer, job_lock, read_rows
 from vaelab.experiments.runner import pending, run_plan
+from vaelab.experiments.study import RESULTS
 
+STUDIES = ROOT / "docs"
 TINY_PLAN = {
-    "prefix": "abl", "base": "baseline.yaml", "profile": {"train.epochs": 2}, "seeds": 2,
-    "stage": "evaluate", "variants": [
+    "title": "A tiny study", "prefix": "abl", "base": "baseline.yaml",
+    "profile": {"train.epochs": 2}, "seeds": 2, "stage": "evaluate", "against": "baseline",
+    "arms": [
         {"name": "baseline", "group": "baseline", "label": "as it is", "seeds": 3},
         {"name": "beta-2", "group": "KL weight", "label": "beta = {train.kl.beta:g}",
          "set": {"train.kl.beta": 2.0}},
@@ -44,92 +49,105 @@ TINY_PLAN = {
 
 
 def test_every_committed_run_of_the_ablation_is_recognized_as_done():
-    plan = load_plan(ABLATION / "variants.yaml")
+    plan = load_plan(ABLATION / "plan.yaml")
     rows = read_rows(ABLATION / RESULTS)
     assert len(rows) == 92 and pending(plan, rows) == []
     used = {id(answer(rows, e)) for e in plan.experiments}
     assert len(used) == len(rows)  # every row answers a planned run
-    tune = next(e for e in plan.experiments if e.variant == "tune-adam-0.001")
-    assert answer(rows, tune)["variant"] == "baseline"  # Adam at the baseline's rate
+    tune = next(e for e in plan.experiments if e.arm == "tune-adam-0.001")
+    assert answer(rows, tune)["arm"] == "baseline"  # Adam at the baseline's rate
 
 
-def test_rendering_the_committed_ablation_gives_its_committed_numbers(tmp_path):
-    for name in ("variants.yaml", "baseline.yaml", "runs.csv", "ablation.md"):
-        (tmp_path / name).write_bytes((ABLATION / name).read_bytes())
-    render(tmp_path, load_plan(tmp_path / "variants.yaml"), read_rows(tmp_path / RESULTS))
-    assert (tmp_path / "summary.csv").read_text() == (ABLATION / "summary.csv").read_text()
-    assert (tmp_path / "ablation.md").read_text() == (ABLATION / "ablation.md").read_text()
-
-
-def test_rendering_the_committed_claims_gives_their_committed_page(tmp_path):
-    claims_dir = ROOT / "docs" / "claims"
-    for name in ("variants.yaml", "baseline.yaml", "runs.csv", "claims.md"):
-        (tmp_path / name).write_bytes((claims_dir / name).read_bytes())
-    shutil.copytree(claims_dir / "histories", tmp_path / "histories")
-    plan = load_plan(tmp_path / "variants.yaml")
-    rows = read_rows(tmp_path / RESULTS)
+@pytest.mark.parametrize("study", ["ablation", "claims", "default", "long", "backends"])
+def test_rendering_a_committed_study_gives_its_committed_page(tmp_path, study):
+    """Every committed row answers one planned run, and the one renderer gives the committed
+    effects, arms and page (run from the project root: a page says whether its baseline is
+    today's params.yaml)."""
+    folder = STUDIES / study
+    for name in ("plan.yaml", "baseline.yaml", "runs.csv", "study.md"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    if (folder / "histories").exists():
+        shutil.copytree(folder / "histories", tmp_path / "histories")
+    plan, rows = load_plan(tmp_path / "plan.yaml"), read_rows(tmp_path / RESULTS)
     assert len({id(answer(rows, e)) for e in plan.experiments} - {id(None)}) == len(rows)
-    render_plan(tmp_path, plan, rows)
-    assert (tmp_path / "claims.csv").read_text() == (claims_dir / "claims.csv").read_text()
-    assert (tmp_path / "claims.md").read_text() == (claims_dir / "claims.md").read_text()
+    render(tmp_path, plan, rows)
+    for name in ("effects.csv", "arms.csv", "study.md"):
+        assert (tmp_path / name).read_text() == (folder / name).read_text(), name
 
 
-def test_the_claims_page_names_the_tricks_its_figure_leaves_out():
-    """Grayscale training, the Gaussian decoder and the tutorial have no learning-curve panel
-    (their -ELBO is in other units); the page says so under the figure, and only of them."""
-    claims_dir = ROOT / "docs" / "claims"
-    plan = load_plan(claims_dir / "variants.yaml")
-    text = (claims_dir / "claims.md").read_text()
-    under = text.split("![learning curves](learning_curves.png)")[1].split("###")[0]
-    (line,) = [x for x in under.splitlines() if x.startswith("Not drawn")]
-    left_out = {"binarize-none", "likelihood-gaussian", "tutorial"}
-    for exp in plan.variants():
-        if exp.group not in ("lr-grid", "divergence", "baseline"):
-            assert (f"{exp.group}: {exp.label}" in line) == (exp.variant in left_out), exp.variant
-
-
-def test_the_readme_table_is_the_one_generated_from_summary_csv():
-    summary = list(csv.DictReader((ABLATION / "summary.csv").open()))
-    table = report.tricks_table(summary)
+def test_the_readme_table_is_the_ablations_generated_one():
+    page = (ABLATION / "study.md").read_text()
+    table = page.split("| arm ")[1].split("\n\n")[0]
     readme = (ROOT / "README.md").read_text()
-    assert report.replace_section(readme, "tricks", table) == readme
-    section = readme.split("## Which training tricks help")[1].split("\n## ")[0]
-    assert len(section.strip().splitlines()) <= 35
-    adam = next(line for line in table.splitlines() if "adam at its tuned" in line)
-    assert "-2.02 [-2.14, -1.90]" in adam and "helps" in adam
+    section = readme.split("<!-- tricks generated: start -->")[1].split("<!-- tricks")[0]
+    assert section.strip() == f"| arm {table}".strip()
+
+
+def test_the_old_studies_say_their_baseline_is_not_todays_default():
+    for study in ("ablation", "claims", "default", "long", "backends"):
+        text = (STUDIES / study / "study.md").read_text()
+        assert ("**Not today's default.**" in text and "`train.prior.kind=standard`" in text) or (
+            study == "long"), study  # fmt: skip
 
 
 def test_labels_come_from_the_params_and_a_plan_cannot_run_one_experiment_twice(tmp_path):
-    spec = {**TINY_PLAN, "variants": [
+    spec = {**TINY_PLAN, "against": None, "arms": [
         {"name": "c", "group": "KL", "label": "cyclical ({train.kl.cycles} cycles)",
          "set": {"train.kl.schedule": "cyclical", "train.kl.cycles": 2}}]}  # fmt: skip
     plan = _plan(tmp_path, spec)
-    assert plan.experiments[0].label == "cyclical (2 cycles)"
+    assert plan.arms[0].label == "cyclical (2 cycles)"
     assert plan.experiments[0].overrides == (
         "train.epochs=2 train.kl.cycles=2 train.kl.schedule=cyclical"
     )
-    spec["variants"][0]["label"] = "{train.kl.cycle} cycles"
+    spec["arms"][0]["label"] = "{train.kl.cycle} cycles"
     with pytest.raises(VaelabError, match=r"'train\.kl\.cycle', which is not a params key"):
         _plan(tmp_path, spec)
     same = {"name": "d", "group": "KL", "label": "d", "set": {"train.kl.schedule": "cyclical",
             "train.kl.cycles": 2, "train.kl.beta": 1.0}}  # fmt: skip
-    spec["variants"] = [{**spec["variants"][0], "label": "c"}, same]  # beta 1.0 is the base's
+    spec["arms"] = [{**spec["arms"][0], "label": "c"}, same]  # beta 1.0 is the base's
     with pytest.raises(VaelabError, match="abl-d-s1 runs the same experiment as abl-c-s1"):
         _plan(tmp_path, spec)
     with pytest.raises(VaelabError, match=r"train\.epochs"):
         split_override("train.epochs")
 
 
-def test_welch_interval_is_scipys_and_verdicts_need_it_to_exclude_zero():
-    from vaelab.experiments.effects import welch
+def test_the_paired_interval_is_scipys_paired_t_and_a_verdict_needs_the_adjusted_p():
+    base = [90.0, 91.0, 92.0, 93.0]  # seeds that differ more than the arms do
+    arm = [91.1, 91.9, 93.05, 93.95]
+    theirs = stats.ttest_rel(arm, base)
+    ours = measures.paired([a - b for a, b in zip(arm, base, strict=True)])
+    interval = theirs.confidence_interval(0.95)
+    assert (ours.low, ours.high, ours.p) == pytest.approx((interval.low, interval.high,
+                                                           theirs.pvalue))  # fmt: skip
+    assert ours.difference == pytest.approx(1.0) and ours.improved == 0.0
+    # unpaired, the seeds' spread hides the effect: Welch's interval includes zero
+    welch = stats.ttest_ind(arm, base, equal_var=False).confidence_interval(0.95)
+    assert welch.low < 0 < ours.low
+    assert measures.verdict(ours, ours.p) == "hurts"
+    assert measures.verdict(ours, 0.06) == "no measurable difference"  # after the correction
+    one = measures.paired([0.3])
+    assert one.n == 1 and math.isnan(one.low) and measures.verdict(one, math.nan) == "too few pairs"
+    same = measures.paired([0.0, 0.0, 0.0])
+    assert (same.low, same.high, same.p, same.improved) == (0.0, 0.0, 1.0, 0.5)
 
-    a, b = [91.0, 91.4, 90.9], [90.1, 90.3, 90.2, 90.4, 90.0]
-    theirs = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    ours = welch(a, b)
-    assert (ours.low, ours.high) == pytest.approx((theirs.low, theirs.high))
-    assert ours.verdict == "hurts" and welch(b, a).verdict == "helps"
-    assert welch([1.0], b) is None and welch([2.0, 2.0], [1.0, 1.0]).low == 1.0
-    assert welch([90.0, 90.4], [90.1, 90.3]).verdict == "no measurable difference"
+
+def test_holm_and_benjamini_hochberg_adjust_the_family_and_skip_untested_entries():
+    p = [0.01, math.nan, 0.04, 0.03]
+    holm = measures.adjust(p, "holm")  # by hand: 3 x 0.01, then 2 x 0.03 for the two others
+    assert holm[0] == pytest.approx(0.03) and math.isnan(holm[1])
+    assert holm[2:] == pytest.approx([0.06, 0.06])
+    assert measures.adjust(p, "fdr_bh")[0] == pytest.approx(0.03)
+    assert measures.adjust(p, "fdr_bh")[2:] == pytest.approx([0.04, 0.04])
+
+
+def test_divergence_is_tested_exactly_pair_by_pair():
+    # 3 of 3 seeds diverge against none: McNemar's exact p is 2 x 0.5^3
+    assert measures.paired_divergence([True] * 3, [False] * 3) == pytest.approx(0.25)
+    assert measures.paired_divergence([True, False], [True, False]) == 1.0
+    history = [{"epoch": e, "val_neg_elbo": v} for e, v in ((1, 120.0), (2, 99.0), (3, 94.0))]
+    assert measures.epochs_to(history, 100) == 2 and measures.epochs_to(history, 90) is None
+    with pytest.raises(ValueError, match="unknown measure 'nll'"):
+        measures.metric("nll")
 
 
 # --- the runner, against a fake executor that commits real experiment refs ----------------
@@ -222,18 +240,22 @@ def test_a_stopped_job_resumes_from_its_results_and_reports_what_it_has(repo):
     with pytest.raises(KeyboardInterrupt):
         _run(repo, fake)
     rows = read_rows(repo / "abl" / RESULTS)
-    assert [(r["variant"], r["seed"]) for r in rows] == [("baseline", "1"), ("baseline", "2"),
-                                                         ("baseline", "3")]  # fmt: skip
+    assert [(r["arm"], r["seed"]) for r in rows] == [("baseline", "1"), ("baseline", "2"),
+                                                     ("baseline", "3")]  # fmt: skip
     fake = FakeExecutor(repo)
     assert _run(repo, fake) == 2 and fake.ran == ["abl-beta-2-s1", "abl-beta-2-s2"]
     assert _run(repo, FakeExecutor(repo)) == 0
-    plan = _plan(repo / "abl", TINY_PLAN)
-    found = {s.exp.variant: s for s in report.summaries(plan, read_rows(repo / "abl" / RESULTS))}
-    assert found["beta-2"].means["test_nll"] == pytest.approx(91.15)
-    assert found["beta-2"].interval.difference == pytest.approx(0.95)
-    assert found["beta-2"].verdict == "hurts" and found["beta-2"].exp.label == "beta = 2"
-    render(repo / "abl", plan, read_rows(repo / "abl" / RESULTS))
-    assert "| KL weight: beta = 2 | +0.95 [" in (repo / "abl" / "ablation.md").read_text()
+    plan, rows = _plan(repo / "abl", TINY_PLAN), read_rows(repo / "abl" / RESULTS)
+    (found,) = report.compare(plan, report.runs(repo / "abl", plan, rows))
+    # paired by seed: beta 2 costs exactly 1 nat at seeds 1 and 2 (the baseline's mean over
+    # its 3 seeds would make it 0.95)
+    assert (found.effect.n, found.effect.difference) == (2, pytest.approx(1.0))
+    assert found.verdict == "hurts" and found.arm.label == "beta = 2"
+    render(repo / "abl", plan, rows)
+    text = (repo / "abl" / "study.md").read_text()
+    assert re.search(
+        r"\| KL weight: beta = 2 +\| test NLL +\| 2 +\| \+1\.00 \[\+1\.00, \+1\.00\]", text
+    )
     with (repo / "abl" / "histories" / "abl-beta-2-s2.csv").open() as kept:
         epochs = [float(v) for row in csv.DictReader(kept) for v in row.values()]
     assert epochs == pytest.approx([1, 107.2, 8.5, 2, 97.2, 8.5])  # from its own ref
@@ -263,9 +285,9 @@ def test_only_a_diverging_training_is_recorded_as_a_result(repo):
     rows = read_rows(repo / "abl" / RESULTS)
     assert rows[-1]["status"] == "failed: training diverged: loss nan at batch 3. Lower the rate."
     assert _run(repo, FakeExecutor(repo)) == 0  # not retried
-    found = {s.exp.variant: s for s in report.summaries(_plan(repo / "abl", TINY_PLAN), rows)}
-    assert (found["beta-2"].n, found["beta-2"].failed, found["beta-2"].verdict) == (
-        0, 2, "fails to train")  # fmt: skip
+    plan = _plan(repo / "abl", TINY_PLAN)
+    (found,) = report.compare(plan, report.runs(repo / "abl", plan, rows))
+    assert (found.effect.n, found.failed, found.verdict) == (0, 2, "fails to train")
 
 
 def test_a_diverged_run_keeps_its_epochs_from_its_mlflow_run(repo, monkeypatch):
@@ -289,17 +311,18 @@ def test_a_diverged_run_keeps_its_epochs_from_its_mlflow_run(repo, monkeypatch):
         ("1", "120.5", "121.5"), ("2", "110.25", "111.25")]  # fmt: skip
     assert not (kept / "abl-beta-2-s2.csv").exists()  # no MLflow run of it: nothing to keep
     rows = read_rows(repo / "abl" / RESULTS)
-    assert [r["status"] for r in rows if r["variant"] == "beta-2"] == [
+    assert [r["status"] for r in rows if r["arm"] == "beta-2"] == [
         "failed: training diverged: loss nan in epoch 3, at batch 3."] * 2  # fmt: skip
 
 
-def test_a_screening_at_one_seed_reports_its_differences_without_a_verdict(repo):
-    spec = {**TINY_PLAN, "seeds": [1], "variants": [{**v, "seeds": [1]} for v in
-                                                  TINY_PLAN["variants"]]}  # fmt: skip
+def test_a_screening_at_one_seed_reports_its_difference_without_a_verdict(repo):
+    spec = {**TINY_PLAN, "seeds": [1], "arms": [{**v, "seeds": [1]} for v in
+                                              TINY_PLAN["arms"]]}  # fmt: skip
     _run(repo, FakeExecutor(repo), _plan(repo / "abl", spec))
     render(repo / "abl", _plan(repo / "abl", spec), read_rows(repo / "abl" / RESULTS))
-    line = "| KL weight: beta = 2 | +1.00 (one seed: no interval) | too few seeds yet |"
-    assert line in (repo / "abl" / "ablation.md").read_text()
+    text = (repo / "abl" / "study.md").read_text()
+    assert "| +1.00 (one pair: no interval) |                | too few pairs |" in text
+    assert "The 0 p-values of this page" in text
 
 
 def _report_after_only(repo, spec: dict, variant: str) -> str:
@@ -312,17 +335,20 @@ def _report_after_only(repo, spec: dict, variant: str) -> str:
 
 
 def test_a_candidate_run_before_its_baseline_is_reported_with_its_own_numbers(repo):
-    """`--only` a candidate: the report renders, and says the baseline has not run."""
-    spec = {**TINY_PLAN, "seeds": [1], "variants": [{**v, "seeds": [1]} for v in
-                                                  TINY_PLAN["variants"]]}  # fmt: skip
+    """`--only` a candidate: the page renders, says no pair exists yet, and arms.csv has its
+    numbers."""
+    spec = {**TINY_PLAN, "seeds": [1], "arms": [{**v, "seeds": [1]} for v in
+                                              TINY_PLAN["arms"]]}  # fmt: skip
     text = _report_after_only(repo, spec, "beta-2")
     line = next(x for x in text.splitlines() if x.startswith("| KL weight: beta = 2 "))
-    assert "no baseline run yet" in line and "test NLL 91.10" in line
+    assert "1 no reference run at its seed" in line and "too few pairs" in line
+    (arm,) = csv.DictReader((repo / "abl" / "arms.csv").open())
+    assert float(arm["test_nll_mean"]) == pytest.approx(91.1)
 
 
 def test_a_baseline_run_alone_is_reported_as_nothing_to_compare_yet(repo):
     text = _report_after_only(repo, TINY_PLAN, "baseline")
-    assert "No variant has run against the baseline yet." in text and "| trick" not in text
+    assert "No arm has a run beside its reference's yet." in text and "| arm" not in text
     assert "forest" not in text and not (repo / "abl" / "forest.png").exists()  # nothing to plot
 
 
@@ -332,14 +358,14 @@ def test_another_plans_report_names_its_own_runs_and_has_no_tuning_table(repo):
     fake = FakeExecutor(repo, fail=lambda job: diverged if job.name == "bk-beta-2-s1" else None)
     _run(repo, fake, _plan(repo / "abl", spec))
     render(repo / "abl", _plan(repo / "abl", spec), read_rows(repo / "abl" / RESULTS))
-    page = (repo / "abl" / "ablation.md").read_text()
+    page = (repo / "abl" / "study.md").read_text()
     assert "`bk-beta-2-s1` failed: training diverged" in page and "abl-" not in page
     assert "Learning rates" not in page
     assert "test NLL with k = 200 on all" in page  # the profile's, not baseline.yaml's
 
 
 def test_results_come_from_the_exact_ref_with_the_plans_params(repo):
-    plan = _plan(repo / "abl", {**TINY_PLAN, "variants": TINY_PLAN["variants"][1:]})
+    plan = _plan(repo / "abl", {**TINY_PLAN, "against": None, "arms": TINY_PLAN["arms"][1:]})
     exp, head = plan.experiments[0], results.baseline_commit()
     # the same name under another baseline, with other numbers, is never read
     other = "f" * 40
@@ -354,7 +380,8 @@ def test_results_come_from_the_exact_ref_with_the_plans_params(repo):
     # an earlier definition of the same name is replaced, not read
     stale = plan.experiments[1]
     commit_ref(repo, results.ref_of("abl-beta-2-s3", head), _results(stale.params))
-    bigger = _plan(repo / "abl", {**TINY_PLAN, "seeds": 3, "variants": TINY_PLAN["variants"][1:]})
+    bigger = _plan(repo / "abl", {**TINY_PLAN, "seeds": 3, "against": None,
+                                  "arms": TINY_PLAN["arms"][1:]})  # fmt: skip
     fake = FakeExecutor(repo)
     assert _run(repo, fake, bigger) == 1 and fake.ran == ["abl-beta-2-s3"]
     assert read_rows(repo / "abl" / RESULTS)[-1]["seed"] == "3"
@@ -379,12 +406,11 @@ def test_a_second_job_on_the_same_folder_is_refused_until_the_first_dies(tmp_pat
 
 
 def test_two_commands_started_at_once_on_one_folder_one_is_refused(tmp_path):
-    for name in ("baseline.yaml", "runs.csv"):
+    for name in ("baseline.yaml", "runs.csv", "plan.yaml"):
         (tmp_path / name).write_bytes((ABLATION / name).read_bytes())
-    (tmp_path / "variants.yaml").write_bytes((ABLATION / "variants.yaml").read_bytes())
     command = [sys.executable, "-m", "vaelab", "ablation", "--report", "--plan",
-               str(tmp_path / "variants.yaml")]  # fmt: skip
-    jobs = [subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+               str(tmp_path / "plan.yaml")]  # fmt: skip
+    jobs = [subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]  # fmt: skip
     results = [(job.wait(), job.stderr.read()) for job in jobs]
     assert sorted(code for code, _ in results) == [0, 1]
@@ -403,9 +429,9 @@ def _env(real_mirror, **more):
 def _tiny_ablation(project):
     folder = project / "docs" / "ablation"
     folder.mkdir(parents=True)
-    (folder / "variants.yaml").write_text(yaml.safe_dump(
-        {**TINY_PLAN, "seeds": 1, "variants": [{**TINY_PLAN["variants"][0], "seeds": 2},
-                                               TINY_PLAN["variants"][1]]}))  # fmt: skip
+    (folder / "plan.yaml").write_text(yaml.safe_dump(
+        {**TINY_PLAN, "seeds": 1, "arms": [{**TINY_PLAN["arms"][0], "seeds": 2},
+                                           TINY_PLAN["arms"][1]]}))  # fmt: skip
     commit_all(project, "baseline")
     return folder / RESULTS, [sys.executable, "-m", "vaelab", "ablation"]
 
@@ -427,17 +453,17 @@ def test_the_ablation_survives_sigkill_and_resumes_from_its_csv(project, real_mi
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     first = read_rows(csv_path)
-    assert [(r["variant"], r["seed"]) for r in first] == [("baseline", "1")]
+    assert [(r["arm"], r["seed"]) for r in first] == [("baseline", "1")]
 
     out = run(command, project, _env(real_mirror))
     assert "abl-baseline-s1" not in out and "abl-baseline-s2" in out and "abl-beta-2-s1" in out
     rows = read_rows(csv_path)
     assert rows[0] == first[0]
-    assert [(r["variant"], r["seed"]) for r in rows] == [("baseline", "1"), ("baseline", "2"),
-                                                         ("beta-2", "1")]  # fmt: skip
+    assert [(r["arm"], r["seed"]) for r in rows] == [("baseline", "1"), ("baseline", "2"),
+                                                     ("beta-2", "1")]  # fmt: skip
     for row in rows:
         assert np.isfinite(float(row["test_nll"])) and row["epochs_run"] == "2"
-    page = (project / "docs/ablation/ablation.md").read_text()
+    page = (project / "docs/ablation/study.md").read_text()
     assert "**Progress**: 3 of 3 runs done" in page
     shown = run(["dvc", "exp", "show", "--csv"], project)
     assert "abl-beta-2-s1" in shown
@@ -480,138 +506,99 @@ def test_a_tracking_server_that_goes_away_marks_no_run_failed(project, real_mirr
         server.wait()
 
 
-def render_plan(out, plan, rows):
-    return RENDER[plan.report](out, plan, rows)
+# --- one study with every kind of measure: against, thresholds, stress, pairs -------------
 
-
-# --- the claims report: quality, convergence and stability per trick ------------------------
-
-CLAIMS_PLAN = {
-    "prefix": "cl", "base": "baseline.yaml", "profile": {"train.epochs": 4}, "seeds": 3,
-    "stage": "evaluate", "report": "claims", "variants": [
-        {"name": "baseline", "group": "baseline", "label": "the default", "seeds": 5},
+STUDY = {
+    "title": "Claims", "prefix": "cl", "base": "baseline.yaml", "profile": {"train.epochs": 4},
+    "seeds": 3, "stage": "evaluate", "against": "baseline",
+    "measures": ["test_nll", "epochs_to_100"],
+    "stress": {"factors": [10], "set": {"train.epochs": 2}},
+    "arms": [
+        {"name": "baseline", "group": "baseline", "label": "the default", "seeds": 5,
+         "stress": [3, 10]},
         {"name": "beta-1.5", "group": "KL weight", "label": "beta = {train.kl.beta:g}",
          "set": {"train.kl.beta": 1.5}},
-        {"name": "beta-4", "group": "KL weight", "label": "beta = {train.kl.beta:g}",
-         "set": {"train.kl.beta": 4.0}},
-        *({"name": f"lr-{rate}", "group": "lr-grid", "label": "rate", "stage": "train",
-           "set": {"train.optimizer.learning_rate": rate}} for rate in (0.01, 0.03, 0.1)),
-        {"name": "diverge-beta-1.5", "group": "divergence", "label": "stressed",
-         "stage": "train", "set": {"train.kl.beta": 1.5, "train.optimizer.learning_rate": 0.03}},
+        {"name": "baseline-2", "group": "baseline", "label": "at 2 epochs", "against": None,
+         "set": {"train.epochs": 2}},
+        {"name": "beta-4-2", "group": "KL weight", "label": "beta = {train.kl.beta:g}, short",
+         "set": {"train.epochs": 2, "train.kl.beta": 4.0}, "against": "baseline-2",
+         "measures": ["test_nll"]},
     ],
 }  # fmt: skip
 
 
-def test_a_variant_judged_on_another_metric_is_compared_on_that_metric():
-    """The Gaussian decoder is judged on reconstruction MSE; its difference was taken from the
-    baseline's test NLL (-85.57 'better') and its spread from the NLL's."""
-    rows = read_rows(ROOT / "docs" / "claims" / "runs.csv")
-
-    def mse(variant: str) -> list[float]:
-        return [float(r["recon_mse_grayscale"]) for r in rows
-                if r["variant"] == variant and r["status"] == OK]  # fmt: skip
-
-    with (ROOT / "docs" / "claims" / "claims.csv").open() as handle:
-        (gaussian,) = [r for r in csv.DictReader(handle) if r["variant"] == "likelihood-gaussian"]
-    ours, theirs = mse("likelihood-gaussian"), mse("baseline")
-    assert gaussian["metric"] == "recon_mse_grayscale" and len(ours) == 3
-    assert float(gaussian["metric_value"]) == pytest.approx(np.mean(ours) - np.mean(theirs))
-    ratio = np.std(ours, ddof=1) / np.std(theirs, ddof=1)
-    assert float(gaussian["spread_value"]) == pytest.approx(ratio, rel=1e-5)
-
-
-def test_the_claims_report_measures_quality_convergence_and_stability(repo):
-    diverged = "error: training diverged: loss nan at batch 3.\n"
-    high = ("train.optimizer.learning_rate=0.03", "train.optimizer.learning_rate=0.1")
-    fake = FakeExecutor(repo, fail=lambda job: diverged if set(high) & set(job.settings) else None)
-    plan = _plan(repo / "cl", CLAIMS_PLAN)
-    with job_lock(repo / "cl"):
-        run_plan(plan, repo / "cl" / RESULTS, fake, load_params())
-    page = render_plan(repo / "cl", plan, read_rows(repo / "cl" / RESULTS))
-    assert page.name == "claims.md" and (repo / "cl" / "learning_curves.png").stat().st_size
-    with (repo / "cl" / "claims.csv").open() as handle:
-        found = {row["variant"]: row for row in csv.DictReader(handle)}
-    base_nll = [90.0 + 0.1 * s for s in range(1, 6)]  # the fake's numbers, by seed and beta
-    nll = [90.5 + 0.1 * s for s in range(1, 4)]
-    assert float(found["beta-1.5"]["metric_value"]) == pytest.approx(0.4)
-    ci = stats.ttest_ind(nll, base_nll, equal_var=False).confidence_interval(0.95)
-    assert float(found["beta-1.5"]["metric_low"]) == pytest.approx(ci.low, rel=1e-5)
-    # every seed reached the target (baseline's mean final -ELBO + 1) at epoch 4, 34 s
-    assert float(found["baseline"]["target"]) == pytest.approx(np.mean(base_nll) + 7)
-    assert float(found["baseline"]["epochs_mean"]) == 4.0
-    assert float(found["beta-1.5"]["seconds_mean"]) == pytest.approx(34.0)
-    assert found["beta-4"]["never"] == "3" and found["beta-4"]["epochs_mean"] == ""
-    sd = np.std(nll, ddof=1) / np.std(base_nll, ddof=1)
-    assert float(found["beta-1.5"]["spread_value"]) == pytest.approx(sd)
-    assert float(found["beta-1.5"]["spread_low"]) < sd < float(found["beta-1.5"]["spread_high"])
-    text = page.read_text()
-    assert "Stress rate: 0.03." in text and re.search(r"\| +0\.01 \| 0 of 3 ", text)
-    for start in ("| KL weight: beta = 1.5", "| baseline: the default"):  # diverged at 0.03
-        line = next(x for x in text.splitlines() if x.startswith(start))
-        assert line.rstrip(" |").endswith("3 of 3")
-    assert "never in 3 of 3 seeds" in text
-    assert "lr-grid" not in text.split("### The stress rate")[0]
-    assert "cl-lr-0.1-s1" not in text and "cl-diverge-beta-1.5-s1" not in text  # tables show them
-    assert re.search(r"\| KL weight: beta = 1\.5 +\| +4 \| +0\.03 \| 3 of 3 ", text)
-
-
-def test_the_learning_rate_grid_alone_renders_its_stress_rate(repo):
-    """The grid runs first: before any baseline run, the page has the grid and no table."""
-    diverged = "error: training diverged: loss nan at batch 3.\n"
-    fake = FakeExecutor(repo, fail=lambda job: diverged if "lr-0.1" in job.name else None)
-    plan = _plan(repo / "cl", CLAIMS_PLAN)
-    with job_lock(repo / "cl"):
-        grid = load_plan(repo / "cl" / "plan.yaml", {"lr-0.01", "lr-0.1"})
-        run_plan(grid, repo / "cl" / RESULTS, fake, load_params())
-    text = render_plan(repo / "cl", plan, read_rows(repo / "cl" / RESULTS)).read_text()
-    assert "Stress rate: 0.1." in text and "No finished run of the baseline yet" in text
-    assert "| trick" not in text and re.search(r"\| +0\.1 +\| 3 of 3 ", text)
-    assert (repo / "cl" / "claims.csv").read_text().count("\n") == 1  # the header alone
-    assert not (repo / "cl" / "learning_curves.png").exists()  # no panel to draw
-
-
-def test_a_variant_on_a_shorter_profile_is_compared_with_its_own_baseline(repo):
-    """`against`: variants on a short profile against the baseline on that profile."""
-    short = [
-        {"name": "baseline-2", "group": "2 epochs", "label": "the default", "seeds": 3,
-         "set": {"train.epochs": 2}},
-        {"name": "beta-1.5-2", "group": "2 epochs", "label": "beta = {train.kl.beta:g}",
-         "set": {"train.epochs": 2, "train.kl.beta": 1.5}, "against": "baseline-2"},
-    ]  # fmt: skip
-    spec = {**CLAIMS_PLAN, "variants": [*CLAIMS_PLAN["variants"][:2], *short]}
+def _study(repo, spec=STUDY, fail=lambda job: None):
     plan = _plan(repo / "cl", spec)
     with job_lock(repo / "cl"):
-        run_plan(plan, repo / "cl" / RESULTS, FakeExecutor(repo), load_params())
-    page = render_plan(repo / "cl", plan, read_rows(repo / "cl" / RESULTS))
-    with (repo / "cl" / "claims.csv").open() as handle:
-        found = {row["variant"]: row for row in csv.DictReader(handle)}
-    # seeds 1-3 of both on 2 epochs: beta 1.5 costs exactly 0.5 nats (against the 4-epoch
-    # baseline's 5 seeds it would read 0.4)
-    assert float(found["beta-1.5-2"]["metric_value"]) == pytest.approx(0.5)
-    assert float(found["beta-1.5"]["metric_value"]) == pytest.approx(0.4)
-    assert [found[v]["against"] for v in found] == ["baseline", "baseline", "baseline-2",
-                                                    "baseline-2"]  # fmt: skip
-    assert found["baseline-2"]["metric_value"] == ""  # a baseline is not compared
-    assert float(found["baseline-2"]["target"]) == pytest.approx(90.2 + 6 + 1)
-    assert float(found["baseline"]["target"]) == pytest.approx(90.3 + 6 + 1)
-    text = page.read_text()
-    line = next(x for x in text.splitlines() if x.startswith("| 2 epochs: the default"))
-    assert "90.20" in line and "+" not in line  # means, not differences
-    assert re.match(r"\| 2 epochs: the default +\| 2 +\| 3 ", line)  # its profile's column
-    assert "2 epochs: the default at 2 epochs, 96.20 nats" in text
-    # machine time per profile: 6 runs of 2 epochs, 8 of 4 (the fake's runs take 1 s each)
-    assert re.search(r"\| 2 epochs, up to evaluate +\| +6 \| +0\.0 \| +0\.0 \| +0 \|", text)
-    assert re.search(r"\| 4 epochs, up to evaluate +\| +8 \|", text)
+        run_plan(plan, repo / "cl" / RESULTS, FakeExecutor(repo, fail), load_params())
+    rows = read_rows(repo / "cl" / RESULTS)
+    return plan, rows, report.compare(plan, report.runs(repo / "cl", plan, rows))
+
+
+def test_a_study_compares_each_arm_with_its_own_reference_on_its_measures(repo):
+    diverged = "error: training diverged: loss nan at batch 3.\n"
+    high = "train.optimizer.learning_rate=0.03"  # the default's 0.003 x 10
+    plan, rows, found = _study(repo, fail=lambda job: diverged if high in job.settings else None)
+    # the stressed runs: the baseline at x3 and x10, each compared arm at x10, 2 epochs; the
+    # short reference's x10 run is the baseline's (one experiment, run once)
+    ran = {e.name for e in plan.experiments if answer(rows, e)}
+    assert {"cl-baseline-x3-s1", "cl-beta-1.5-x10-s3", "cl-beta-4-2-x10-s1"} <= ran
+    assert len(rows) == 5 + 3 + 3 + 3 + (3 + 3) + 3 + 3  # own runs, then stressed ones
+    by = {(c.arm.name, c.measure): c for c in found}
+    assert set(by) == {("beta-1.5", "test_nll"), ("beta-1.5", "epochs_to_100"),
+                       ("beta-1.5", "diverged"), ("beta-4-2", "test_nll"),
+                       ("beta-4-2", "diverged")}  # fmt: skip
+    # the fake's NLL is 90 + 0.1 seed + (beta - 1): beta 4 on 2 epochs against its own
+    # 2-epoch reference, not the 4-epoch default
+    assert by[("beta-4-2", "test_nll")].effect.difference == pytest.approx(3.0)
+    assert by[("beta-4-2", "test_nll")].reference.name == "baseline-2"
+    # the fake's validation -ELBO falls 10 nats an epoch to nll + 6 at the last epoch: the
+    # baseline reaches 100 at epoch 4 (96.1 + 10 > 100), beta 1.5 (96.6) at epoch 4 too
+    assert by[("beta-1.5", "epochs_to_100")].effect.difference == 0.0
+    stressed = by[("beta-1.5", "diverged")]
+    assert stressed.counts == "3 of 3 against 3 of 3" and stressed.p == 1.0
+    assert len({c.adjusted for c in found}) > 1 and all(c.adjusted >= c.p for c in found)
+    page = render(repo / "cl", plan, rows).read_text()
+    assert re.search(r"\| baseline: the default +\| 0 of 3 +\| 3 of 3 +\|", page)
+    assert f"The {len(found)} p-values of this page are one family" in page
+    assert (repo / "cl" / "learning_curves.png").stat().st_size  # beta 1.5 over the baseline
+
+
+def test_pairs_are_only_runs_of_one_cpu_model_and_code_version(repo):
+    plan, rows, _ = _study(repo)
+    for row in rows:  # seed 2 of beta 1.5 ran elsewhere, seed 3 on other code
+        if row["arm"] == "beta-1.5" and row["target"] == "evaluate" and row["seed"] != "1":
+            row["cpu" if row["seed"] == "2" else "code"] = "elsewhere"
+    every = report.runs(repo / "cl", plan, rows)
+    found = next(c for c in report.compare(plan, every) if c.measure == "test_nll")
+    assert found.effect.n == 1 and found.left_out == ["2 other CPU or code"]
+    spec = {**STUDY, "same_code": [{"versions": [rows[0]["code"], "elsewhere"],
+                                    "why": "checked"}]}  # fmt: skip
+    plan = _plan(repo / "cl", spec)
+    found = next(c for c in report.compare(plan, report.runs(repo / "cl", plan, rows))
+                 if c.measure == "test_nll")  # fmt: skip
+    assert found.effect.n == 2 and found.left_out == ["1 other CPU or code"]
+
+
+def test_a_page_says_whether_its_baseline_is_todays_params(repo):
+    plan, rows, _ = _study(repo)
+    assert "**Baseline**: [baseline.yaml](baseline.yaml) is today's" in render(
+        repo / "cl", plan, rows).read_text()  # fmt: skip
+    today = load_params().replace({"train": {"kl": {"beta": 2.0}}})
+    (repo / "params.yaml").write_text(yaml.safe_dump(today.model_dump()))
+    text = render(repo / "cl", plan, rows).read_text()
+    assert "**Not today's default.**" in text and "`train.kl.beta=1.0`" in text
 
 
 @pytest.mark.parametrize(
     ("change", "error"),
-    [({"against": "nothing"}, "compared with 'nothing', which is not a variant of this plan"),
-     ({"report": "ablation"}, "`against` needs `report: claims`")],
+    [({"against": "nothing"}, "names 'nothing', which is not an arm of this plan"),
+     ({"measures": ["nll"]}, "unknown measure 'nll'"),
+     ({"stress": None}, "an arm sets `stress` factors, but the plan has no `stress`"),
+     ({"same_code": [{"versions": [1234567, "abc"], "why": "x"}]}, "valid string"),
+     ({"selections": [{"group": "tune", "by": "best_val_neg_elbo", "per": "a", "over": "b",
+                       "title": "t"}]}, "no arm is of group 'tune'")],
 )  # fmt: skip
-def test_a_plan_names_a_baseline_it_has(repo, change, error):
-    variant = {"name": "b", "group": "g", "label": "l", "against": change.get("against", "a")}
-    spec = {**CLAIMS_PLAN, "report": change.get("report", "claims"),
-            "variants": [{"name": "a", "group": "g", "label": "l"}, variant]}  # fmt: skip
+def test_a_plan_with_a_mistake_is_refused_with_what_is_wrong(repo, change, error):
     with pytest.raises(VaelabError, match=re.escape(error)):
-        _plan(repo / "cl", spec)
+        _plan(repo / "cl", {**STUDY, **change})
