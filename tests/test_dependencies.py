@@ -15,9 +15,9 @@ from tests.conftest import ROOT, commit_all, run
 SRC = ROOT / "src"
 # Modules that only talk to MLflow: they log what a stage computed (the model as MLflow
 # serves it included: `serving/`), and keep run ids and unsent logging under
-# base.paths.state, which is no DVC output. The one value of theirs that reaches a DVC output is the run id in
-# results/train/run.json, which is new for every training anyway. So editing them must not
-# re-run a 15-minute training; nothing they import is followed either.
+# base.paths.state, which is no DVC output. The one value of theirs that reaches a DVC
+# output is the run id in results/train/run.json, which is new for every training anyway.
+# So editing them must not re-run a 15-minute training; nothing they import is followed.
 ONLY_TALK_TO_MLFLOW = ("vaelab.tracking", "vaelab.serving")
 
 

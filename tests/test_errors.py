@@ -129,7 +129,7 @@ def test_commands_refuse_a_bad_params_file_without_a_traceback(tmp_path, command
 
 
 def test_a_quote_in_a_sweep_name_still_finds_its_runs(tmp_path):
-    from vaelab.tracking.compare import collect
+    from vaelab.tracking.search import collect
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()

@@ -299,18 +299,17 @@ def test_compare_reads_every_run_past_one_search_page(tmp_path, monkeypatch):
             experiment, tags={"sweep": "big"}, run_name=f"r{i}", start_time=10**12 + i
         )
     rows = compare.collect("vaelab", "big")
-    assert len(rows) == 1005 and rows[-1].values["run"] == "r1004"
+    assert len(rows) == 1005 and rows[-1].fields["info"]["run_name"] == "r1004"
 
 
 def test_the_side_by_side_figure_keeps_the_best_runs_when_there_are_many():
     rows = [
-        compare.RunRow(f"{i:032x}", {"test_nll": str(100.0 - i % 97), "beta": "1"})
-        for i in range(200)
+        compare.RunRow(f"{i:032x}", {"nll": str(100.0 - i % 97), "beta": "1"}) for i in range(200)
     ]
     shown = compare.shown_side_by_side(rows)
     assert len(shown) == compare.SIDE_BY_SIDE
-    worst_shown = max(r.number("test_nll") for r in shown)
-    assert all(r.number("test_nll") >= worst_shown for r in rows if r not in shown)
+    worst_shown = max(r.number("nll") for r in shown)
+    assert all(r.number("nll") >= worst_shown for r in rows if r not in shown)
     fig = compare.side_by_side(shown, {r.run_id: {} for r in shown}, "t")
     assert fig.get_size_inches()[1] * 100 < 2**16  # save_figure's 100 dpi
     plt.close(fig)
@@ -332,7 +331,7 @@ def test_the_comparisons_rate_distortion_plane_has_lines_of_equal_elbo_and_every
     """A sweep over KL weightings reads along lines of equal -ELBO, as the ablation's plane
     does (compare's own figure had none); a run without metrics is named in the title."""
     rows = [
-        compare.RunRow(f"{beta:032}", {"beta": str(beta), "kl_rate": rate, "reconstruction": d})
+        compare.RunRow(f"{beta:032}", {"beta": str(beta), "kl": rate, "reconstruction": d})
         for beta, rate, d in ((1, 27.0, 62.0), (2, 18.0, 80.0), (4, 10.0, 99.0))
     ]
     rows.append(compare.RunRow("f" * 32, {"beta": "8"}))  # failed: no metrics

@@ -76,11 +76,13 @@ def test_rendering_a_committed_study_gives_its_committed_page(tmp_path, study):
 
 
 def test_the_readme_table_is_the_ablations_generated_one():
+    """The README's block is the page's table under the page's staleness notice."""
     page = (ABLATION / "study.md").read_text()
-    table = page.split("| arm ")[1].split("\n\n")[0]
+    notice = next(line for line in page.splitlines() if line.startswith("> **Not today's"))
+    table = page.split("\n| arm ")[1].split("\n\n")[0]
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- tricks generated: start -->")[1].split("<!-- tricks")[0]
-    assert section.strip() == f"| arm {table}".strip()
+    assert section.strip() == f"{notice}\n\n| arm {table}".strip()
 
 
 def test_the_old_studies_say_their_baseline_is_not_todays_default():
@@ -111,24 +113,38 @@ def test_labels_come_from_the_params_and_a_plan_cannot_run_one_experiment_twice(
         split_override("train.epochs")
 
 
-def test_the_paired_interval_is_scipys_paired_t_and_a_verdict_needs_the_adjusted_p():
+def test_the_paired_t_interval_and_p_are_those_computed_by_hand():
+    """Differences 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt 3) with 2 degrees of freedom;
+    the interval is 2 -+ t(0.975, 2) / sqrt 3 and, for 2 degrees of freedom, the two-sided p
+    is 1 - t / sqrt(t^2 + 2)."""
+    t975 = 4.302652729749464  # the table's t(0.975, 2)
+    t = 2 * math.sqrt(3)
+    ours = measures.paired([1.0, 2.0, 3.0])
+    assert (ours.n, ours.difference) == (3, pytest.approx(2.0))
+    assert (ours.low, ours.high) == pytest.approx(
+        (2 - t975 / math.sqrt(3), 2 + t975 / math.sqrt(3))
+    )
+    assert ours.p == pytest.approx(1 - t / math.sqrt(t * t + 2))
+    assert ours.improved == 0.0 and measures.paired([-1.0, 0.0, 2.0]).improved == pytest.approx(0.5)
+    # the bootstrap resamples the three differences: its interval lies within them
+    assert 1.0 <= ours.boot_low < 2.0 < ours.boot_high <= 3.0
+    assert measures.verdict(3, ours.difference, 0.01) == "hurts"
+    assert measures.verdict(3, -1.0, 0.01) == "helps"
+    assert measures.verdict(3, 2.0, 0.06) == "no measurable difference"  # after the correction
+    one = measures.paired([0.3])
+    assert (
+        one.n == 1 and math.isnan(one.low) and measures.verdict(1, 0.3, math.nan) == "too few pairs"
+    )
+    same = measures.paired([0.0, 0.0, 0.0])
+    assert (same.low, same.high, same.boot_low, same.p) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_pairing_finds_an_effect_that_the_seeds_spread_hides():
     base = [90.0, 91.0, 92.0, 93.0]  # seeds that differ more than the arms do
     arm = [91.1, 91.9, 93.05, 93.95]
-    theirs = stats.ttest_rel(arm, base)
     ours = measures.paired([a - b for a, b in zip(arm, base, strict=True)])
-    interval = theirs.confidence_interval(0.95)
-    assert (ours.low, ours.high, ours.p) == pytest.approx((interval.low, interval.high,
-                                                           theirs.pvalue))  # fmt: skip
-    assert ours.difference == pytest.approx(1.0) and ours.improved == 0.0
-    # unpaired, the seeds' spread hides the effect: Welch's interval includes zero
     welch = stats.ttest_ind(arm, base, equal_var=False).confidence_interval(0.95)
     assert welch.low < 0 < ours.low
-    assert measures.verdict(ours, ours.p) == "hurts"
-    assert measures.verdict(ours, 0.06) == "no measurable difference"  # after the correction
-    one = measures.paired([0.3])
-    assert one.n == 1 and math.isnan(one.low) and measures.verdict(one, math.nan) == "too few pairs"
-    same = measures.paired([0.0, 0.0, 0.0])
-    assert (same.low, same.high, same.p, same.improved) == (0.0, 0.0, 1.0, 0.5)
 
 
 def test_holm_and_benjamini_hochberg_adjust_the_family_and_skip_untested_entries():
@@ -136,18 +152,26 @@ def test_holm_and_benjamini_hochberg_adjust_the_family_and_skip_untested_entries
     holm = measures.adjust(p, "holm")  # by hand: 3 x 0.01, then 2 x 0.03 for the two others
     assert holm[0] == pytest.approx(0.03) and math.isnan(holm[1])
     assert holm[2:] == pytest.approx([0.06, 0.06])
-    assert measures.adjust(p, "fdr_bh")[0] == pytest.approx(0.03)
-    assert measures.adjust(p, "fdr_bh")[2:] == pytest.approx([0.04, 0.04])
+    bh = measures.adjust(p, "fdr_bh")  # by hand: 0.01 x 3 / 1, then 0.04 x 3 / 3 for both
+    assert bh[0] == pytest.approx(0.03) and bh[2:] == pytest.approx([0.04, 0.04])
 
 
-def test_divergence_is_tested_exactly_pair_by_pair():
-    # 3 of 3 seeds diverge against none: McNemar's exact p is 2 x 0.5^3
-    assert measures.paired_divergence([True] * 3, [False] * 3) == pytest.approx(0.25)
-    assert measures.paired_divergence([True, False], [True, False]) == 1.0
-    history = [{"epoch": e, "val_neg_elbo": v} for e, v in ((1, 120.0), (2, 99.0), (3, 94.0))]
-    assert measures.epochs_to(history, 100) == 2 and measures.epochs_to(history, 90) is None
-    with pytest.raises(ValueError, match="unknown measure 'nll'"):
-        measures.metric("nll")
+def test_divergence_spread_and_curve_points_are_those_computed_by_hand():
+    # 0 of 3 against 3 of 3: Fisher's two tables as extreme, each 1 / C(6, 3)
+    assert measures.divergence((0, 3), (3, 3)) == pytest.approx(2 / 20)
+    assert measures.divergence((3, 3), (3, 3)) == 1.0
+    sd, low, high = measures.spread([1.0, 2.0, 3.0, 4.0])
+    assert sd == pytest.approx(math.sqrt(5 / 3)) and 0 <= low < sd < high
+    assert measures.spread([2.0, 2.0, 2.0]) == (0.0, 0.0, 0.0)
+    history = [{"epoch": e, "val_neg_elbo": v, "epoch_time": 10.0}
+               for e, v in ((1, 120.0), (2, 99.0), (3, 94.0))]  # fmt: skip
+    assert measures.from_curve("epochs_to_100", history) == 2.0
+    assert measures.from_curve("seconds_to_95", history) == 30.0
+    assert measures.from_curve("epochs_to_90", history) is None
+    assert measures.from_curve("val_auc_2", history) == pytest.approx(109.5)
+    assert measures.from_curve("val_auc_4", history) is None  # a run too short to measure
+    with pytest.raises(ValueError, match="unknown measure 'test_nll'"):
+        measures.metric("test_nll")
 
 
 # --- the runner, against a fake executor that commits real experiment refs ----------------
@@ -164,7 +188,7 @@ def _results(params) -> dict[str, str]:
     nll = 90.0 + 0.1 * params.base.seed + (params.train.kl.beta - 1.0)
     evaluate = {"nll": nll, "neg_elbo": nll + 5, "kl": 25.0, "reconstruction": nll - 20,
                 "active_units": 30, "recon_mse_grayscale": 0.006, "frechet_distance": 30.0,
-                "seconds": 9.0}  # fmt: skip
+                "evaluate_seconds": 9.0}  # fmt: skip
     epochs = params.train.epochs
     train = {"val_neg_elbo": nll + 6, "best_epoch": epochs, "epochs": epochs,
              "train_seconds": 8.5 * epochs}  # fmt: skip
@@ -287,7 +311,7 @@ def test_only_a_diverging_training_is_recorded_as_a_result(repo):
     assert _run(repo, FakeExecutor(repo)) == 0  # not retried
     plan = _plan(repo / "abl", TINY_PLAN)
     (found,) = report.compare(plan, report.runs(repo / "abl", plan, rows))
-    assert (found.effect.n, found.failed, found.verdict) == (0, 2, "fails to train")
+    assert (found.effect.n, found.fails, found.verdict) == (0, True, "fails to train")
 
 
 def test_a_diverged_run_keeps_its_epochs_from_its_mlflow_run(repo, monkeypatch):
@@ -321,7 +345,8 @@ def test_a_screening_at_one_seed_reports_its_difference_without_a_verdict(repo):
     _run(repo, FakeExecutor(repo), _plan(repo / "abl", spec))
     render(repo / "abl", _plan(repo / "abl", spec), read_rows(repo / "abl" / RESULTS))
     text = (repo / "abl" / "study.md").read_text()
-    assert "| +1.00 (one pair: no interval) |                | too few pairs |" in text
+    line = next(x for x in text.splitlines() if x.startswith("| KL weight: beta = 2 "))
+    assert "+1.00 (one pair)" in line and "too few pairs" in line
     assert "The 0 p-values of this page" in text
 
 
@@ -341,14 +366,14 @@ def test_a_candidate_run_before_its_baseline_is_reported_with_its_own_numbers(re
                                               TINY_PLAN["arms"]]}  # fmt: skip
     text = _report_after_only(repo, spec, "beta-2")
     line = next(x for x in text.splitlines() if x.startswith("| KL weight: beta = 2 "))
-    assert "1 no reference run at its seed" in line and "too few pairs" in line
+    assert "1 no reference run" in line and "too few pairs" in line
     (arm,) = csv.DictReader((repo / "abl" / "arms.csv").open())
-    assert float(arm["test_nll_mean"]) == pytest.approx(91.1)
+    assert float(arm["nll_mean"]) == pytest.approx(91.1)
 
 
 def test_a_baseline_run_alone_is_reported_as_nothing_to_compare_yet(repo):
     text = _report_after_only(repo, TINY_PLAN, "baseline")
-    assert "No arm has a run beside its reference's yet." in text and "| arm" not in text
+    assert "No arm has a run beside its reference's yet." in text and "| pairs" not in text
     assert "forest" not in text and not (repo / "abl" / "forest.png").exists()  # nothing to plot
 
 
@@ -375,7 +400,7 @@ def test_results_come_from_the_exact_ref_with_the_plans_params(repo):
     commit_ref(repo, results.ref_of(exp.name, head), _results(exp.params))
     fake = FakeExecutor(repo)
     assert _run(repo, fake, plan) == 2 and fake.ran == ["abl-beta-2-s2"]
-    assert float(read_rows(repo / "abl" / RESULTS)[0]["test_nll"]) == pytest.approx(91.1)
+    assert float(read_rows(repo / "abl" / RESULTS)[0]["nll"]) == pytest.approx(91.1)
     assert results.exists(results.ref_of(exp.name, other))  # another baseline's: untouched
     # an earlier definition of the same name is replaced, not read
     stale = plan.experiments[1]
@@ -462,7 +487,7 @@ def test_the_ablation_survives_sigkill_and_resumes_from_its_csv(project, real_mi
     assert [(r["arm"], r["seed"]) for r in rows] == [("baseline", "1"), ("baseline", "2"),
                                                      ("beta-2", "1")]  # fmt: skip
     for row in rows:
-        assert np.isfinite(float(row["test_nll"])) and row["epochs_run"] == "2"
+        assert np.isfinite(float(row["nll"])) and row["epochs"] == "2"
     page = (project / "docs/ablation/study.md").read_text()
     assert "**Progress**: 3 of 3 runs done" in page
     shown = run(["dvc", "exp", "show", "--csv"], project)
@@ -511,7 +536,7 @@ def test_a_tracking_server_that_goes_away_marks_no_run_failed(project, real_mirr
 STUDY = {
     "title": "Claims", "prefix": "cl", "base": "baseline.yaml", "profile": {"train.epochs": 4},
     "seeds": 3, "stage": "evaluate", "against": "baseline",
-    "measures": ["test_nll", "epochs_to_100"],
+    "measures": ["nll", "epochs_to_100"],
     "stress": {"factors": [10], "set": {"train.epochs": 2}},
     "arms": [
         {"name": "baseline", "group": "baseline", "label": "the default", "seeds": 5,
@@ -522,7 +547,7 @@ STUDY = {
          "set": {"train.epochs": 2}},
         {"name": "beta-4-2", "group": "KL weight", "label": "beta = {train.kl.beta:g}, short",
          "set": {"train.epochs": 2, "train.kl.beta": 4.0}, "against": "baseline-2",
-         "measures": ["test_nll"]},
+         "measures": ["nll"]},
     ],
 }  # fmt: skip
 
@@ -545,13 +570,13 @@ def test_a_study_compares_each_arm_with_its_own_reference_on_its_measures(repo):
     assert {"cl-baseline-x3-s1", "cl-beta-1.5-x10-s3", "cl-beta-4-2-x10-s1"} <= ran
     assert len(rows) == 5 + 3 + 3 + 3 + (3 + 3) + 3 + 3  # own runs, then stressed ones
     by = {(c.arm.name, c.measure): c for c in found}
-    assert set(by) == {("beta-1.5", "test_nll"), ("beta-1.5", "epochs_to_100"),
-                       ("beta-1.5", "diverged"), ("beta-4-2", "test_nll"),
+    assert set(by) == {("beta-1.5", "nll"), ("beta-1.5", "epochs_to_100"),
+                       ("beta-1.5", "diverged"), ("beta-4-2", "nll"),
                        ("beta-4-2", "diverged")}  # fmt: skip
     # the fake's NLL is 90 + 0.1 seed + (beta - 1): beta 4 on 2 epochs against its own
     # 2-epoch reference, not the 4-epoch default
-    assert by[("beta-4-2", "test_nll")].effect.difference == pytest.approx(3.0)
-    assert by[("beta-4-2", "test_nll")].reference.name == "baseline-2"
+    assert by[("beta-4-2", "nll")].effect.difference == pytest.approx(3.0)
+    assert by[("beta-4-2", "nll")].reference.name == "baseline-2"
     # the fake's validation -ELBO falls 10 nats an epoch to nll + 6 at the last epoch: the
     # baseline reaches 100 at epoch 4 (96.1 + 10 > 100), beta 1.5 (96.6) at epoch 4 too
     assert by[("beta-1.5", "epochs_to_100")].effect.difference == 0.0
@@ -570,20 +595,19 @@ def test_pairs_are_only_runs_of_one_cpu_model_and_code_version(repo):
         if row["arm"] == "beta-1.5" and row["target"] == "evaluate" and row["seed"] != "1":
             row["cpu" if row["seed"] == "2" else "code"] = "elsewhere"
     every = report.runs(repo / "cl", plan, rows)
-    found = next(c for c in report.compare(plan, every) if c.measure == "test_nll")
+    found = next(c for c in report.compare(plan, every) if c.measure == "nll")
     assert found.effect.n == 1 and found.left_out == ["2 other CPU or code"]
     spec = {**STUDY, "same_code": [{"versions": [rows[0]["code"], "elsewhere"],
                                     "why": "checked"}]}  # fmt: skip
     plan = _plan(repo / "cl", spec)
     found = next(c for c in report.compare(plan, report.runs(repo / "cl", plan, rows))
-                 if c.measure == "test_nll")  # fmt: skip
+                 if c.measure == "nll")  # fmt: skip
     assert found.effect.n == 2 and found.left_out == ["1 other CPU or code"]
 
 
 def test_a_page_says_whether_its_baseline_is_todays_params(repo):
     plan, rows, _ = _study(repo)
-    assert "**Baseline**: [baseline.yaml](baseline.yaml) is today's" in render(
-        repo / "cl", plan, rows).read_text()  # fmt: skip
+    assert "**Baseline**: today's `params.yaml`." in render(repo / "cl", plan, rows).read_text()
     today = load_params().replace({"train": {"kl": {"beta": 2.0}}})
     (repo / "params.yaml").write_text(yaml.safe_dump(today.model_dump()))
     text = render(repo / "cl", plan, rows).read_text()
@@ -593,12 +617,47 @@ def test_a_page_says_whether_its_baseline_is_todays_params(repo):
 @pytest.mark.parametrize(
     ("change", "error"),
     [({"against": "nothing"}, "names 'nothing', which is not an arm of this plan"),
-     ({"measures": ["nll"]}, "unknown measure 'nll'"),
+     ({"measures": ["test_nll"]}, "unknown measure 'test_nll'"),
+     ({"base": "../outside.yaml"}, "base\n  String should match pattern"),
+     ({"seeds": 1001}, "seeds"), ({"seeds": [0, 1]}, "greater than or equal to 1"),
+     ({"arms": [*STUDY["arms"][:2], {"name": "g", "group": "g", "label": "g",
+                                     "set": {"train.likelihood.kind": "gaussian"}}]},
+      "arm g: nll is in other units for it than for baseline"),
      ({"stress": None}, "an arm sets `stress` factors, but the plan has no `stress`"),
      ({"same_code": [{"versions": [1234567, "abc"], "why": "x"}]}, "valid string"),
-     ({"selections": [{"group": "tune", "by": "best_val_neg_elbo", "per": "a", "over": "b",
+     ({"selections": [{"group": "tune", "by": "val_neg_elbo", "per": "a", "over": "b",
                        "title": "t"}]}, "no arm is of group 'tune'")],
 )  # fmt: skip
 def test_a_plan_with_a_mistake_is_refused_with_what_is_wrong(repo, change, error):
     with pytest.raises(VaelabError, match=re.escape(error)):
         _plan(repo / "cl", {**STUDY, **change})
+    assert not (repo / "cl" / "baseline.yaml").exists()  # nothing written
+    assert not (repo / "outside.yaml").exists()
+
+
+def test_an_arm_run_on_a_new_cpu_model_gets_its_reference_seed_run_there_too(repo):
+    _run(repo, FakeExecutor(repo))
+    rows = read_rows(repo / "abl" / RESULTS)
+    for row in rows:  # the baseline ran on another machine, beta 2 at seed 1 too
+        if row["arm"] == "baseline" or row["seed"] == "1":
+            row["cpu"] = "Another CPU, 2 cores"
+    rows = [r for r in rows if not (r["arm"] == "beta-2" and r["seed"] == "2")]
+    plan = _plan(repo / "abl", TINY_PLAN)
+    # beta 2 at seed 2 runs here: the baseline's seed 2 runs here again; seed 1 needs nothing
+    assert [e.name for e in pending(plan, rows)] == ["abl-beta-2-s2", "abl-baseline-s2"]
+    assert [e.name for e in pending(plan, rows, reruns=False)] == ["abl-beta-2-s2"]
+
+
+def test_a_study_over_params_yaml_follows_the_default(repo):
+    """No `base`: the baseline is params.yaml as it is; rows of an earlier default stay in
+    runs.csv, unused, and the page says so."""
+    spec = {k: v for k, v in TINY_PLAN.items() if k != "base"}
+    _run(repo, FakeExecutor(repo), _plan(repo / "abl", spec))
+    assert not (repo / "abl" / "baseline.yaml").exists()
+    moved = load_params().replace({"train": {"kl": {"warmup": 5}}})
+    (repo / "params.yaml").write_text(yaml.safe_dump(moved.model_dump()))
+    plan, rows = _plan(repo / "abl", spec), read_rows(repo / "abl" / RESULTS)
+    assert len(pending(plan, rows)) == 5  # every run again, on the new default
+    text = render(repo / "abl", plan, rows).read_text()
+    assert "5 rows of runs.csv ran on another baseline: not used." in text
+    assert "**Baseline**: today's `params.yaml`." in text

@@ -61,14 +61,16 @@ def _sweep(args: argparse.Namespace) -> None:
 def _ablation(args: argparse.Namespace) -> None:
     from vaelab.experiments.plan import load_plan
     from vaelab.experiments.results import answer, read_rows
+    from vaelab.experiments.runner import pending
     from vaelab.experiments.study import RESULTS, run_study
 
     only = set(args.only.split(",")) if args.only else None
-    if args.list:  # every run, its stage, whether runs.csv answers it, its overrides
-        rows = read_rows(args.plan.parent / RESULTS)
-        for e in load_plan(args.plan, only).experiments:
-            done = "done" if answer(rows, e) else "to run"
-            print(f"{e.name:40s} {e.stage:9s} {done:7s} {e.overrides}")
+    if args.list:  # every run, its stage, whether it is done or runs (again, here), overrides
+        rows, plan = read_rows(args.plan.parent / RESULTS), load_plan(args.plan, only)
+        todo = pending(plan, rows)
+        for e in plan.experiments:
+            state = ("again here" if answer(rows, e) else "to run") if e in todo else "done"
+            print(f"{e.name:40s} {e.stage:9s} {state:10s} {e.overrides}")
         return
     executor = None if args.report else _executor(args)
     print(f"wrote {run_study(args.plan, executor, only)}")

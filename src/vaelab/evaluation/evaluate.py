@@ -92,8 +92,7 @@ def evaluate(params: Params) -> dict[str, Any]:
         "importance_samples": cfg.importance_samples,
         "test_images": len(x_test),
     }
-    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["evaluate_seconds"] = round(time.perf_counter() - started, 1)
     write_json(paths.evaluate_metrics, metrics)
     write_text(paths.latent_dims, latent_table(est.kl_per_dim.mean(0), per_dim_activity))
     return metrics

@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
 import numpy as np
 from adjustText import adjust_text
@@ -85,10 +87,10 @@ def rate_points(found: list[Summary]) -> list[RatePoint]:
     referenced = {s.arm.against for s in found}
     points = []
     for s in found:
-        if {"test_kl", "test_reconstruction"} <= s.means.keys():
+        if {"kl", "reconstruction"} <= s.means.keys():
             star = s.arm.name in referenced
-            rate, distortion = (s.means[m] for m in ("test_kl", "test_reconstruction"))
-            sds = (float(np.nan_to_num(s.sds[m])) for m in ("test_kl", "test_reconstruction"))
+            rate, distortion = (s.means[m] for m in ("kl", "reconstruction"))
+            sds = (s.sds.get(m, 0.0) for m in ("kl", "reconstruction"))
             points.append(RatePoint(s.arm.label, rate, distortion, *sds,
                                     colour="black" if star else "tab:blue", star=star))  # fmt: skip
     return points
@@ -171,3 +173,35 @@ def _band(ax, histories: list[History], colour: str, name: str) -> None:
     ax.plot(epochs, np.nanmean(values, axis=0), color=colour, linewidth=1, label=name)
     ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour,
                     alpha=0.2, linewidth=0)  # fmt: skip
+
+
+def overlaid_curves(curves: list[tuple[str, list[tuple[int, float]]]]) -> plt.Figure:
+    """Validation -ELBO per epoch of each labelled run, overlaid."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, curve in curves:
+        ax.plot(*zip(*curve, strict=True), label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation -ELBO (beta = 1), nats")
+    ax.set_title("Validation curves of all runs")
+    if curves:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def side_by_side(runs: list[tuple[str, dict[str, Path | None]]], title: str) -> plt.Figure:
+    """One row per labelled run: its reconstructions figure and its prior samples figure."""
+    kinds = ("reconstructions", "prior_samples")
+    fig, axes = plt.subplots(len(runs), 2, figsize=(14, 3.2 * len(runs)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 1]})  # fmt: skip
+    for ax_row, (label, images) in zip(axes, runs, strict=True):
+        for ax, kind in zip(ax_row, kinds, strict=True):
+            if (path := images.get(kind)) is not None:
+                ax.imshow(mpimg.imread(path))
+            else:
+                ax.text(0.5, 0.5, f"{kind}: missing", ha="center", va="center")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax_row[0].set_ylabel(label, fontsize=11)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

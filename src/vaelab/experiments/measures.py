@@ -1,7 +1,8 @@
-"""The statistics of a study, pure functions of numbers: paired differences by seed with
-their t interval and p-value, one multiple-comparison correction over a page's family of
-tests, the exact paired test of divergence counts, and epochs to a fixed validation
-threshold. Every measure is lower-is-better; its name is the one table below."""
+"""The statistics of a study, pure functions of numbers: differences paired by seed with their
+t and bootstrap intervals, the share of pairs an arm wins, one multiple-comparison correction
+over a page's family of tests, Fisher's exact test of divergence counts, a seed spread with
+its bootstrap interval, and the points of a validation curve a plan can measure. Every
+measure is lower-is-better; a metric's name is the stage's own (the table below)."""
 
 from __future__ import annotations
 
@@ -10,91 +11,129 @@ import re
 import statistics
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
 
 LEVEL = 0.95
+RESAMPLES = 9999  # a bootstrap's, from a fixed seed: the same rows give the same interval
 DIVERGED = "diverged"  # the measure of a stressed comparison: runs that diverged
-EPOCHS_TO = re.compile(r"^epochs_to_(\d+(?:\.\d+)?)$")  # first epoch of val -ELBO <= that
+CURVE = re.compile(r"^(epochs|seconds)_to_(\d+(?:\.\d+)?)$|^val_auc_(\d+)$")
+NAN = math.nan
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A number a run records: how a page names it, its unit and decimals, and the stage
-    metrics file and key it is read from (its column and its MLflow metric are its name)."""
+    """A number a stage writes to its metrics.json under this table's key: how a page names
+    it, its unit and decimals, and the stage (MLflow logs evaluate's with a ``test_`` prefix)."""
 
     label: str
     unit: str
     digits: int
     stage: str
-    key: str
 
 
 METRICS = {
-    "test_nll": Metric("test NLL", "nats", 2, "evaluate", "nll"),
-    "test_neg_elbo": Metric("test -ELBO", "nats", 2, "evaluate", "neg_elbo"),
-    "test_kl": Metric("rate (test KL)", "nats", 2, "evaluate", "kl"),
-    "test_reconstruction": Metric("distortion", "nats", 2, "evaluate", "reconstruction"),
-    "test_active_units": Metric("active units", "", 0, "evaluate", "active_units"),
-    "test_recon_mse_grayscale": Metric(
-        "reconstruction MSE (grayscale test images)", "", 4, "evaluate", "recon_mse_grayscale"
-    ),
-    "test_frechet_distance": Metric("Fréchet distance", "", 2, "evaluate", "frechet_distance"),
-    "best_val_neg_elbo": Metric("validation -ELBO", "nats", 2, "train", "val_neg_elbo"),
-    "best_epoch": Metric("best epoch", "", 0, "train", "best_epoch"),
-    "epochs_run": Metric("epochs run", "", 0, "train", "epochs"),
-    "train_seconds": Metric("training time", "s", 0, "train", "train_seconds"),
-    "evaluate_seconds": Metric("evaluation time", "s", 0, "evaluate", "seconds"),
+    "nll": Metric("test NLL", "nats", 2, "evaluate"),
+    "neg_elbo": Metric("test -ELBO", "nats", 2, "evaluate"),
+    "kl": Metric("rate (test KL)", "nats", 2, "evaluate"),
+    "reconstruction": Metric("distortion (test reconstruction)", "nats", 2, "evaluate"),
+    "active_units": Metric("active units", "", 0, "evaluate"),
+    "recon_mse_grayscale": Metric("reconstruction MSE (grayscale)", "", 4, "evaluate"),
+    "frechet_distance": Metric("Fréchet distance", "", 2, "evaluate"),
+    "evaluate_seconds": Metric("evaluation time", "s", 0, "evaluate"),
+    "val_neg_elbo": Metric("validation -ELBO (best epoch)", "nats", 2, "train"),
+    "best_epoch": Metric("best epoch", "", 0, "train"),
+    "epochs": Metric("epochs run", "", 0, "train"),
+    "train_seconds": Metric("training time", "s", 0, "train"),
 }
 
 
 def metric(name: str) -> Metric:
-    """The table's entry for ``name``, or the one of an ``epochs_to_<nats>`` measure."""
-    if found := EPOCHS_TO.match(name):
-        return Metric(f"epochs to validation -ELBO ≤ {found[1]}", "epochs", 1, "train", name)
+    """The table's entry for ``name``, or that of a point of the validation curve."""
+    if found := CURVE.match(name):
+        kind, threshold, epochs = found.groups()
+        if epochs:
+            return Metric(f"mean validation -ELBO over epochs 1-{epochs}", "nats", 2, "train")
+        return Metric(f"{kind} to validation -ELBO ≤ {threshold}", kind, 1, "train")
     if name not in METRICS:
-        known = ", ".join([*METRICS, "epochs_to_<nats>"])
+        known = ", ".join([*METRICS, "epochs_to_<nats>", "seconds_to_<nats>", "val_auc_<epochs>"])
         raise ValueError(f"unknown measure {name!r}: use one of {known}")
     return METRICS[name]
 
 
+def from_curve(name: str, history: list[dict[str, float]]) -> float | None:
+    """Measure ``name`` (see `CURVE`) of one run's per-epoch history: the first epoch (or the
+    training seconds up to its end) whose validation -ELBO is at most the threshold, or the
+    mean validation -ELBO over the first epochs; None where the run never got there."""
+    kind, threshold, epochs = CURVE.match(name).groups()
+    if epochs:
+        head = history[: int(epochs)]
+        return (
+            statistics.fmean(r["val_neg_elbo"] for r in head) if len(head) == int(epochs) else None
+        )
+    seconds = 0.0
+    for row in history:
+        seconds += row["epoch_time"]
+        if row["val_neg_elbo"] <= float(threshold):
+            return float(row["epoch"]) if kind == "epochs" else seconds
+    return None
+
+
 @dataclass(frozen=True)
 class Effect:
-    """Differences arm - reference over seed pairs: their mean, t interval and p-value (nan
-    with fewer than two pairs), and the share of pairs where the arm is lower (ties half)."""
+    """Differences arm - reference over seed pairs: their mean, its t and percentile-bootstrap
+    intervals, the t test's p-value (nan with fewer than two pairs), and the share of pairs
+    where the arm is lower (ties count half: rliable's probability of improvement)."""
 
     n: int
     difference: float
     low: float
     high: float
+    boot_low: float
+    boot_high: float
     p: float
     improved: float
 
 
 def paired(differences: list[float], level: float = LEVEL) -> Effect:
-    """The paired t analysis of per-seed ``differences`` (a one-sample t test on them)."""
+    """The paired analysis of per-seed ``differences``: a one-sample t test on them, and a
+    bootstrap that resamples the pairs."""
     n = len(differences)
-    if n == 0:
-        return Effect(0, math.nan, math.nan, math.nan, math.nan, math.nan)
-    mean = statistics.fmean(differences)
-    improved = sum(1.0 if d < 0 else 0.5 if d == 0 else 0.0 for d in differences) / n
+    mean = statistics.fmean(differences) if n else NAN
+    improved = sum(1.0 if d < 0 else 0.5 if d == 0 else 0.0 for d in differences) / n if n else NAN
     if n < 2:
-        return Effect(n, mean, math.nan, math.nan, math.nan, improved)
-    if statistics.pvariance(differences) == 0:  # every pair differs alike: scipy gives nan
-        return Effect(n, mean, mean, mean, 1.0 if mean == 0 else 0.0, improved)
+        return Effect(n, mean, NAN, NAN, NAN, NAN, NAN, improved)
+    if statistics.pvariance(differences) == 0:  # every pair differs alike: no spread to test
+        return Effect(n, mean, mean, mean, mean, mean, 1.0 if mean == 0 else 0.0, improved)
     test = stats.ttest_1samp(differences, 0.0)
-    interval = test.confidence_interval(level)
-    return Effect(n, mean, float(interval.low), float(interval.high), float(test.pvalue),
-                  improved)  # fmt: skip
+    t = test.confidence_interval(level)
+    boot = bootstrap(differences, np.mean, level)
+    return Effect(n, mean, float(t.low), float(t.high), *boot, float(test.pvalue), improved)
 
 
-def paired_divergence(arm: list[bool], reference: list[bool]) -> float:
-    """Exact McNemar p-value of diverged (True) runs, seed pair by seed pair: a binomial test
-    of the discordant pairs (1.0 when there are none)."""
-    only_arm = sum(a and not r for a, r in zip(arm, reference, strict=True))
-    only_reference = sum(r and not a for a, r in zip(arm, reference, strict=True))
-    if only_arm + only_reference == 0:
-        return 1.0
-    return float(stats.binomtest(only_arm, only_arm + only_reference).pvalue)
+def bootstrap(values: list[float], statistic, level: float = LEVEL) -> tuple[float, float]:
+    """scipy's percentile bootstrap interval of ``statistic`` over ``values``, seeded."""
+    found = stats.bootstrap((np.asarray(values),), statistic, confidence_level=level,
+                            n_resamples=RESAMPLES, method="percentile",
+                            random_state=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    return float(found.low), float(found.high)
+
+
+def spread(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """The seed-to-seed standard deviation of ``values`` and its bootstrap interval (nan with
+    fewer than three values)."""
+    if len(values) < 3:
+        return (statistics.stdev(values) if len(values) == 2 else NAN), NAN, NAN
+    sd = statistics.stdev(values)
+    if sd == 0:
+        return 0.0, 0.0, 0.0
+    return sd, *bootstrap(values, lambda x, axis=-1: np.std(x, ddof=1, axis=axis), level)
+
+
+def divergence(arm: tuple[int, int], reference: tuple[int, int]) -> float:
+    """Fisher's exact p-value of (diverged, runs) of an arm against its reference."""
+    (k, n), (j, m) = arm, reference
+    return float(stats.fisher_exact([[k, n - k], [j, m - j]]).pvalue)
 
 
 def adjust(pvalues: list[float], method: str) -> list[float]:
@@ -103,7 +142,7 @@ def adjust(pvalues: list[float], method: str) -> list[float]:
     from statsmodels.stats.multitest import multipletests
 
     tested = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
-    adjusted = [math.nan] * len(pvalues)
+    adjusted = [NAN] * len(pvalues)
     if tested:
         found = multipletests([pvalues[i] for i in tested], alpha=1 - LEVEL, method=method)[1]
         for i, p in zip(tested, found, strict=True):
@@ -111,15 +150,11 @@ def adjust(pvalues: list[float], method: str) -> list[float]:
     return adjusted
 
 
-def verdict(effect: Effect, adjusted_p: float, words: tuple[str, str] = ("helps", "hurts")) -> str:
+def verdict(n: int, difference: float, adjusted_p: float,
+            words: tuple[str, str] = ("helps", "hurts")) -> str:  # fmt: skip
     """``words`` (lower, higher) where the adjusted p-value is below 1 - LEVEL, else why not."""
-    if effect.n < 2:
+    if n < 2:
         return "too few pairs"
     if adjusted_p < 1 - LEVEL:
-        return words[0] if effect.difference < 0 else words[1]
+        return words[0] if difference < 0 else words[1]
     return "no measurable difference"
-
-
-def epochs_to(history: list[dict[str, float]], threshold: float) -> int | None:
-    """The first epoch whose validation -ELBO is at most ``threshold``; None if none is."""
-    return next((int(row["epoch"]) for row in history if row["val_neg_elbo"] <= threshold), None)

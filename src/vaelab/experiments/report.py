@@ -22,26 +22,28 @@ from vaelab.core.params import load_params
 from vaelab.core.paths import project_root
 from vaelab.experiments import figures
 from vaelab.experiments.measures import (
+    CURVE,
     DIVERGED,
-    EPOCHS_TO,
     LEVEL,
     METRICS,
     Effect,
     adjust,
-    epochs_to,
+    divergence,
+    from_curve,
     metric,
     paired,
-    paired_divergence,
+    spread,
     verdict,
 )
 from vaelab.experiments.plan import RESULTS, Arm, Experiment, Plan
-from vaelab.experiments.results import OK, Rows, answer, history_file
+from vaelab.experiments.results import OK, Rows, answers, history_file
 from vaelab.report.plots import save_figure
 
 PAGE, EFFECTS, ARMS = "study.md", "effects.csv", "arms.csv"
 FOREST, RATE_DISTORTION, CURVES = "forest.png", "rate_distortion.png", "learning_curves.png"
 START, END = "<!-- {} generated: start -->", "<!-- {} generated: end -->"
 CORRECTIONS = {"holm": "Holm's step-down", "fdr_bh": "Benjamini-Hochberg's false discovery rate"}
+NAN = math.nan
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Run:
     exp: Experiment
     row: dict[str, str]
     history: list[dict[str, float]]
-    code: str  # its code version, or the first of those the plan says give the same numbers
+    where: tuple[str, str]  # what a pair shares: the CPU model and (the plan's) code version
 
     @property
     def ok(self) -> bool:
@@ -59,31 +61,25 @@ class Run:
         """The run's ``measure``; None where it has none (diverged, never reached, not run)."""
         if not self.ok:
             return None
-        if found := EPOCHS_TO.match(measure):
-            reached = epochs_to(self.history, float(found[1])) if self.history else None
-            return None if reached is None else float(reached)
+        if CURVE.match(measure):
+            return from_curve(measure, self.history)
         return float(self.row[measure]) if self.row.get(measure) else None
 
-    @property
-    def where(self) -> tuple[str, str]:
-        """What a pair must share: the CPU model and the code version."""
-        return self.row["cpu"], self.code
+
+Runs = dict[tuple[str, float | None], list[Run]]  # by arm and stress factor
 
 
-def runs(folder: Path, plan: Plan, rows: Rows) -> dict[tuple[str, float | None], list[Run]]:
-    """The recorded runs of each (arm, stress factor), with their kept histories."""
-    found: dict[tuple[str, float | None], list[Run]] = defaultdict(list)
-    same = plan.spec.code_groups()
+def runs(folder: Path, plan: Plan, rows: Rows) -> Runs:
+    """Every recorded run of each (arm, stress factor), with its kept history."""
+    found: Runs = defaultdict(list)
     for exp in plan.experiments:
-        if (row := answer(rows, exp)) is None:
-            continue
         path, history = history_file(folder, exp), []
         if path.exists():
             with path.open(newline="", encoding="utf-8") as handle:
                 history = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
-        found[(exp.arm, exp.factor)].append(
-            Run(exp, row, history, same.get(row["code"], row["code"]))
-        )
+        for row in answers(rows, exp):
+            where = (row["cpu"], plan.spec.code_of(row["code"], exp.params))
+            found[(exp.arm, exp.factor)].append(Run(exp, row, history, where))
     return found
 
 
@@ -98,114 +94,85 @@ class Comparison:
     factor: float | None
     effect: Effect
     p: float
-    counts: str = ""  # stressed: "k of n" diverged, arm and reference
-    failed: int = 0  # the arm's runs that diverged, of its ``runs`` (not stressed ones)
-    runs: int = 0
     left_out: list[str] = field(default_factory=list)  # pairs not compared, and why
-    adjusted: float = math.nan
+    counts: str = ""  # stressed: "k of n" diverged, arm and reference
+    fails: bool = False  # every run of the arm diverged
+    adjusted: float = NAN
 
     @property
     def verdict(self) -> str:
-        if self.measure == DIVERGED:
-            return verdict(self.effect, self.adjusted, ("diverges less", "diverges more"))
-        if self.failed == self.runs > 0:
+        if self.fails:
             return "fails to train"
-        return verdict(self.effect, self.adjusted)
+        e = self.effect
+        if self.measure == DIVERGED:
+            return verdict(e.n, e.difference, self.adjusted, ("diverges less", "diverges more"))
+        return verdict(e.n, e.difference, self.adjusted)
 
 
 def _pairs(mine: list[Run], theirs: list[Run], measure: str) -> tuple[list, list[str]]:
-    """(arm run, reference run) at each shared seed whose two runs ran on the same CPU model
-    and code; and why the other seeds are left out."""
-    by_seed = {r.exp.seed: r for r in theirs}
+    """(arm run, reference run) of each seed and place both ran at; why the others are out."""
+    by = {(r.exp.seed, r.where): r for r in theirs}
+    seeds = {r.exp.seed for r in theirs}
     found, why = [], Counter()
     for run in mine:
-        other = by_seed.get(run.exp.seed)
+        other = by.get((run.exp.seed, run.where))
         if other is None:
-            why["no reference run at its seed"] += 1
-        elif run.where != other.where:
-            why["other CPU or code"] += 1
-        elif measure != DIVERGED and (run.value(measure) is None or other.value(measure) is None):
-            never = EPOCHS_TO.match(measure) and run.ok and other.ok
+            why["other CPU or code" if run.exp.seed in seeds else "no reference run"] += 1
+        elif measure != DIVERGED and None in (run.value(measure), other.value(measure)):
+            never = CURVE.match(measure) and run.ok and other.ok
             why["never reached the threshold" if never else "diverged"] += 1
         else:
             found.append((run, other))
     return found, [f"{n} {reason}" for reason, n in why.items()]
 
 
-def compare(plan: Plan, every: dict) -> list[Comparison]:
+def compare(plan: Plan, every: Runs) -> list[Comparison]:
     """Every comparison the plan asks for that has runs, adjusted as one family."""
     found = []
     for arm in (a for a in plan.arms if a.against is not None):
         reference = plan.arm(arm.against)
         mine, theirs = every[(arm.name, None)], every[(reference.name, None)]
+        fails = bool(mine) and not any(r.ok for r in mine)
         for measure in arm.measures:
-            matched, left_out = _pairs(mine, theirs, measure)
-            if matched or left_out:
+            matched, out = _pairs(mine, theirs, measure)
+            if matched or out:
                 effect = paired([a.value(measure) - r.value(measure) for a, r in matched])
-                failed = sum(not r.ok for r in mine)
-                found.append(
-                    Comparison(
-                        arm,
-                        reference,
-                        measure,
-                        None,
-                        effect,
-                        effect.p,
-                        left_out=left_out,
-                        failed=failed,
-                        runs=len(mine),
-                    )
-                )
-        for factor in arm.stress if factor_in(reference, arm) else []:
-            stressed = every[(arm.name, factor)], every[(reference.name, factor)]
-            matched, left_out = _pairs(*stressed, DIVERGED)
+                found.append(Comparison(arm, reference, measure, None, effect, effect.p, out,
+                                        fails=fails))  # fmt: skip
+        for factor in (f for f in arm.stress if f in reference.stress):
+            matched, out = _pairs(every[(arm.name, factor)], every[(reference.name, factor)],
+                                  DIVERGED)  # fmt: skip
             if matched:
-                found.append(divergence(arm, reference, factor, matched, left_out))
+                found.append(stressed(arm, reference, factor, matched, out))
     for c, p in zip(found, adjust([c.p for c in found], plan.spec.correction), strict=True):
         c.adjusted = p
     return found
 
 
-def divergence(arm: Arm, reference: Arm, factor: float, matched: list, left_out: list[str]):
-    """The stressed comparison: which runs of each seed pair diverged."""
+def stressed(arm: Arm, reference: Arm, factor: float, matched: list, out: list[str]):
+    """The stressed comparison: the runs of each that diverged, Fisher's exact test."""
     mine, theirs = [not a.ok for a, _ in matched], [not r.ok for _, r in matched]
     effect = paired([float(a) - float(r) for a, r in zip(mine, theirs, strict=True)])
-    counts = f"{sum(mine)} of {len(mine)} against {sum(theirs)} of {len(theirs)}"
-    p = paired_divergence(mine, theirs)
-    return Comparison(arm, reference, DIVERGED, factor, effect, p, counts, left_out)
+    counts = (sum(mine), len(mine)), (sum(theirs), len(theirs))
+    text = f"{counts[0][0]} of {counts[0][1]} against {counts[1][0]} of {counts[1][1]}"
+    return Comparison(arm, reference, DIVERGED, factor, effect, divergence(*counts), out, text)
 
 
-def factor_in(reference: Arm, arm: Arm) -> bool:
-    """Whether ``reference`` is stressed at ``arm``'s factors too (else nothing to pair)."""
-    return set(arm.stress) <= set(reference.stress)
-
-
-def _number(value: float, digits: int, sign: bool = True) -> str:
-    return "" if math.isnan(value) else f"{value:{'+' if sign else ''}.{digits}f}"
-
-
-def effect_text(c: Comparison) -> str:
-    """ "mid [low, high]" in the measure's decimals (a one-pair difference alone)."""
-    e, digits = c.effect, (0 if c.measure == DIVERGED else metric(c.measure).digits)
-    if c.measure == DIVERGED:
-        return c.counts
-    if math.isnan(e.low):
-        return f"{_number(e.difference, digits)} (one pair: no interval)" if e.n else ""
-    return f"{_number(e.difference, digits)} [{_number(e.low, digits)}, {_number(e.high, digits)}]"
+def _interval(low: float, high: float, digits: int) -> str:
+    return "" if math.isnan(low) else f"[{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def effects_csv(found: list[Comparison]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["arm", "group", "label", "against", "measure", "factor", "pairs",
-                     "difference", "low", "high", "p", "p_adjusted", "improved", "verdict",
-                     "counts", "left_out"])  # fmt: skip
+    numbers = ("difference", "low", "high", "boot_low", "boot_high", "p")
+    head = ["arm", "group", "label", "against", "measure", "factor", "pairs", *numbers]
+    writer.writerow([*head, "p_adjusted", "improved", "verdict", "counts", "left_out"])
     for c in found:
-        e = c.effect
-        numbers = [f"{x:.6g}" if not math.isnan(x) else "" for x in
-                   (e.difference, e.low, e.high, c.p, c.adjusted, e.improved)]  # fmt: skip
+        values = [getattr(c.effect, k) for k in numbers] + [c.adjusted, c.effect.improved]
         writer.writerow([c.arm.name, c.arm.group, c.arm.label, c.reference.name, c.measure,
-                         "" if c.factor is None else f"{c.factor:g}", e.n, *numbers, c.verdict,
+                         "" if c.factor is None else f"{c.factor:g}", c.effect.n,
+                         *("" if math.isnan(x) else f"{x:.6g}" for x in values), c.verdict,
                          c.counts, "; ".join(c.left_out)])  # fmt: skip
     return out.getvalue()
 
@@ -225,7 +192,7 @@ class Summary:
 FINGERPRINT = tuple(m for m in METRICS if not m.endswith("_seconds"))
 
 
-def summaries(plan: Plan, every: dict) -> list[Summary]:
+def summaries(plan: Plan, every: Runs) -> list[Summary]:
     found, seen = [], []
     for arm in plan.arms:
         mine = every[(arm.name, None)]
@@ -236,10 +203,9 @@ def summaries(plan: Plan, every: dict) -> list[Summary]:
         values = {m: v for m, v in values.items() if v}
         twin = next((name for name, theirs in seen if _same(good, theirs)), "")
         seen.append((arm.name, good))
-        found.append(Summary(arm, len(good), len(mine) - len(good),
-                             {m: statistics.fmean(v) for m, v in values.items()},
-                             {m: statistics.stdev(v) if len(v) > 1 else math.nan
-                              for m, v in values.items()}, twin))  # fmt: skip
+        means = {m: statistics.fmean(v) for m, v in values.items()}
+        sds = {m: statistics.stdev(v) for m, v in values.items() if len(v) > 1}
+        found.append(Summary(arm, len(good), len(mine) - len(good), means, sds, twin))
     return found
 
 
@@ -253,19 +219,18 @@ def _same(mine: list[Run], theirs: list[Run]) -> bool:
 
 
 def arms_csv(found: list[Summary]) -> str:
-    columns = [f"{m}_{k}" for m in METRICS if any(m in s.means for s in found)
-               for k in ("mean", "sd")]  # fmt: skip
+    shown = [m for m in METRICS if any(m in s.means for s in found)]
     out = io.StringIO()
     writer = csv.DictWriter(out, ["arm", "group", "label", "against", "runs", "diverged",
-                                  "same_as", *columns], lineterminator="\n")  # fmt: skip
+                                  "same_as", *(f"{m}_{k}" for m in shown for k in ("mean", "sd"))],
+                            lineterminator="\n")  # fmt: skip
     writer.writeheader()
     for s in found:
         row = {"arm": s.arm.name, "group": s.arm.group, "label": s.arm.label,
                "against": s.arm.against or "", "runs": s.n, "diverged": s.failed,
                "same_as": s.same_as}  # fmt: skip
         row |= {f"{m}_mean": f"{v:.6g}" for m, v in s.means.items()}
-        row |= {f"{m}_sd": f"{v:.6g}" for m, v in s.sds.items() if not math.isnan(v)}
-        writer.writerow(row)
+        writer.writerow(row | {f"{m}_sd": f"{v:.6g}" for m, v in s.sds.items()})
     return out.getvalue()
 
 
@@ -278,23 +243,28 @@ def effects_table(found: list[Comparison], summary: dict[str, Summary]) -> str:
         size = c.effect.difference
         return order[c.measure], c.factor or 0, math.inf if math.isnan(size) else size
 
-    shown = sorted(found, key=rank)
     lines = []
-    for c in shown:
-        note = "; ".join(c.left_out)
+    for c in sorted(found, key=rank):
+        e, note = c.effect, "; ".join(c.left_out)
         if (s := summary.get(c.arm.name)) and s.same_as and c.measure != DIVERGED:
             twin = summary[s.same_as].arm
-            note = f"never acted: same runs as {twin.group}: {twin.label}" + (
-                f"; {note}" if note else "")  # fmt: skip
+            note = "; ".join(filter(None, [f"never acted: same runs as {twin.group}: "
+                                           f"{twin.label}", note]))  # fmt: skip
+        if c.measure == DIVERGED:
+            measure, effect, boot = f"diverged at {c.factor:g}x its rate", c.counts, ""
+        else:
+            digits = metric(c.measure).digits
+            measure, boot = metric(c.measure).label, _interval(e.boot_low, e.boot_high, digits)
+            effect = "" if not e.n else f"{e.difference:+.{digits}f} " + (
+                _interval(e.low, e.high, digits) or "(one pair)")  # fmt: skip
+        better = "" if math.isnan(e.improved) else f"{e.improved:.0%}"
         p = "" if math.isnan(c.adjusted) else f"{c.adjusted:.2g}"
-        measure = (f"diverged at {c.factor:g}x its rate" if c.measure == DIVERGED
-                   else metric(c.measure).label)  # fmt: skip
-        lines.append([f"{c.arm.group}: {c.arm.label}", measure, c.reference.label,
-                      str(c.effect.n), effect_text(c), p, c.verdict, note])  # fmt: skip
+        lines.append([f"{c.arm.group}: {c.arm.label}", measure, c.reference.label, str(e.n),
+                      effect, boot, better, p, c.verdict, note])  # fmt: skip
     if not lines:
         return "No arm has a run beside its reference's yet.\n"
-    head = ["arm", "measure", "against", "pairs", f"Δ, mean of pairs [{LEVEL:.0%} CI]",
-            "p (adjusted)", "verdict", "note"]  # fmt: skip
+    head = ["arm", "measure", "against", "pairs", f"Δ, mean [{LEVEL:.0%} t]", "bootstrap",
+            "arm better", "p adjusted", "verdict", "note"]  # fmt: skip
     if len({line[2] for line in lines}) == 1:  # one reference: named in the header
         head[2:3], lines = [], [[*line[:2], *line[3:]] for line in lines]
         head[0] = f"arm (against {found[0].reference.group}: {found[0].reference.label})"
@@ -306,25 +276,26 @@ def baseline_notice(plan: Plan) -> str:
     today = load_params()
     changed = differences(plan.base, today, RESULTS)
     if not changed:
-        return "**Baseline**: [baseline.yaml](baseline.yaml) is today's `params.yaml`."
+        return "**Baseline**: today's `params.yaml`."
     then = " ".join(f"`{p}`" for p in pairs(changed))
     now = " ".join(f"`{p}`" for p in pairs(differences(today, plan.base, RESULTS)))
-    return (f"> **Not today's default.** This study's baseline ([baseline.yaml](baseline.yaml)) "
-            f"has {then}, where today's `params.yaml` has {now}.")  # fmt: skip
+    return (f"> **Not today's default.** This study's baseline has {then}, where today's "
+            f"`params.yaml` has {now}.")  # fmt: skip
 
 
 def header(plan: Plan, rows: Rows, found: list[Comparison]) -> list[str]:
     """The baseline, the plan, progress, machines and code, and the statistics."""
-    done = sum(answer(rows, e) is not None for e in plan.experiments)
+    used = [r for r in rows if any(e.answered_by(r) for e in plan.experiments)]
+    done = sum(bool(answers(used, e)) for e in plan.experiments)
     todo = len({(e.seed, e.overrides, e.stage) for e in plan.experiments})
-    hours = sum(float(row["wall_seconds"]) for row in rows) / 3600
-    cpus = "; ".join(f"{n} on {cpu}" for cpu, n in Counter(r["cpu"] for r in rows).items())
-    codes = len({r["code"] for r in rows})
+    hours = sum(float(row["wall_seconds"]) for row in used) / 3600
+    cpus = "; ".join(f"{n} on {cpu}" for cpu, n in Counter(r["cpu"] for r in used).items())
+    same = [f"{', '.join(f'`{v}`' for v in g.versions)} ({g.why}"
+            + (f"; for runs with {' '.join(pairs(g.only))})" if g.only else ")")
+            for g in plan.spec.same_code]  # fmt: skip
     failed = "; ".join(f"`{e.name}` {outcome(row)}" for e in plan.experiments if e.factor is None
-                       and (row := answer(rows, e)) and row["status"] != OK)  # fmt: skip
-    same = [f"{', '.join(f'`{v}`' for v in g.versions)} ({g.why})" for g in plan.spec.same_code]
-    tested = sum(not math.isnan(c.p) for c in found)
-    base = plan.arms[0].params  # the profile over the baseline
+                       for row in answers(used, e) if row["status"] != OK)  # fmt: skip
+    tested, base = sum(not math.isnan(c.p) for c in found), plan.arms[0].params
     return [
         baseline_notice(plan),
         "",
@@ -334,21 +305,22 @@ def header(plan: Plan, rows: Rows, found: list[Comparison]) -> list[str]:
         "binarization and augmentation draws, so two arms at one seed are a pair.",
         "",
         f"**Progress**: {min(done, todo)} of {todo} runs done ({hours:.1f} h of wall time): "
-        f"{cpus or 'none yet'}; {codes} version(s) of the code that makes the numbers"
-        + (f", of which these pair as one: {'; '.join(same)}." if same else "."),
-        *(
-            ["", f"**Diverged** (a result, not a failure of the machine): {failed}."]
-            if failed
-            else []
-        ),
+        f"{cpus or 'none yet'}; {len({r['code'] for r in used})} version(s) of the code that "
+        "makes the numbers" + (f", of which these pair as one: {'; '.join(same)}." if same else ".")
+        + (f" {len(rows) - len(used)} rows of runs.csv ran on another baseline: not used."
+           if len(used) < len(rows) else ""),
+        *(["", f"**Diverged** (a result, not a failure of the machine): {failed}."]
+          if failed else []),
         "",
         f"**Statistics**: each arm against its reference seed by seed: the mean of the "
-        f"per-seed differences with its paired-t {LEVEL:.0%} interval; a pair is two runs on "
-        "the same CPU model and code version, other seeds are left out (the note says how "
-        f"many). Divergence at a stress rate: the exact McNemar test of the pairs. The {tested}"
-        f" p-values of this page are one family, adjusted by {CORRECTIONS[plan.spec.correction]}"
-        f"; a verdict only where the adjusted p < {1 - LEVEL:.2g}. Lower is better everywhere.",
-    ]
+        f"per-seed differences, its paired-t {LEVEL:.0%} interval and a percentile bootstrap "
+        "over the pairs, and the share of pairs the arm wins. A pair is two runs of one CPU "
+        "model and code version (the runner runs a reference's seed again where an arm needs "
+        "it); the note counts the seeds left out. Divergence at a stress factor: Fisher's "
+        f"exact test of the counts. The {tested} p-values of this page are one family, adjusted"
+        f" by {CORRECTIONS[plan.spec.correction]}; a verdict only where the adjusted p < "
+        f"{1 - LEVEL:.2g}. Lower is better everywhere.",
+    ]  # fmt: skip
 
 
 def outcome(row: dict[str, str]) -> str:
@@ -356,31 +328,40 @@ def outcome(row: dict[str, str]) -> str:
     return row["status"].split(". ")[0].rstrip(".")
 
 
-def stress_table(plan: Plan, every: dict) -> list[str]:
-    """Diverged runs of each stressed arm at each factor of its own rate."""
-    factors = sorted({f for a in plan.arms for f in a.stress})
-    lines = []
-    for arm in (a for a in plan.arms if a.stress):
-        cells = []
-        for f in factors:
-            done = every[(arm.name, f)]
-            cells.append(f"{sum(not r.ok for r in done)} of {len(done)}" if done else "")
-        if any(cells):
-            lines.append([f"{arm.group}: {arm.label}", *cells])
-    if not lines:
-        return []
-    key, spec = plan.spec.stress.key, plan.spec.stress
-    profile = " ".join(f"`{p}`" for p in pairs(spec.set)) or "the arm's own"
-    head = ["arm", *(f"x{f:g}" for f in factors)]
-    return [f"### Stability: runs that diverge with `{key}` raised", "",
-            f"Each arm on a short profile ({profile}, up to {spec.stage}) at its own "
-            f"`{key}` times each factor; diverged runs of those done:", "",
-            tabulate(lines, head, tablefmt="github", disable_numparse=True), ""]  # fmt: skip
+def stability(plan: Plan, every: Runs) -> list[str]:
+    """Diverged runs of each stressed arm at each factor of its own rate; each arm's seed
+    spread of its first measure, with its bootstrap interval."""
+    out, factors = [], sorted({f for a in plan.arms for f in a.stress})
+    lines = [[f"{arm.group}: {arm.label}",
+              *(f"{sum(not r.ok for r in done)} of {len(done)}" if (done := every[(arm.name, f)])
+                else "" for f in factors)] for arm in plan.arms if arm.stress]  # fmt: skip
+    if lines:
+        spec = plan.spec.stress
+        profile = " ".join(f"`{p}`" for p in pairs(spec.set)) or "the arm's own profile"
+        out += [f"### Stability: runs that diverge with `{spec.key}` raised", "",
+                f"Each arm on {profile}, up to {spec.stage}, at its own `{spec.key}` times each "
+                "factor; diverged runs of those done:", "",
+                tabulate(lines, ["arm", *(f"x{f:g}" for f in factors)], tablefmt="github",
+                         disable_numparse=True), ""]  # fmt: skip
+    spreads = []
+    for arm in plan.arms:
+        name, m = arm.measures[0], metric(arm.measures[0])
+        values = [v for r in every[(arm.name, None)] if (v := r.value(name)) is not None]
+        sd, low, high = spread(values) if len(values) > 1 else (NAN,) * 3
+        if not math.isnan(sd):
+            digits = m.digits + 1
+            spreads.append([f"{arm.group}: {arm.label}", m.label, len(values),
+                            f"{sd:.{digits}f}", _interval(low, high, digits)])  # fmt: skip
+    if spreads:
+        head = ["arm", "measure", "runs", "sd over seeds", f"bootstrap {LEVEL:.0%}"]
+        out += ["### Seed spread", "", tabulate(spreads, head, tablefmt="github",
+                                                disable_numparse=True), ""]  # fmt: skip
+    return out
 
 
-def selection_tables(plan: Plan, every: dict) -> list[str]:
-    """Each selection: its arms by their ``per`` setting and what else they set, the one of
-    lowest ``by`` chosen for each ``per``."""
+def selection_tables(plan: Plan, every: Runs) -> list[str]:
+    """Each selection: its arms by their ``per`` and ``over`` settings, the lowest ``by``
+    chosen for each ``per``."""
     out = []
     for s in plan.spec.selections:
         table = []
@@ -391,8 +372,8 @@ def selection_tables(plan: Plan, every: dict) -> list[str]:
         for line in table:
             scored = [t for t in table if t[0] == line[0] and isinstance(t[2], float)]
             line.append("yes" if line is min(scored, key=lambda t: t[2], default=None) else "")
-        head = [s.per, s.over, metric(s.by).label, "chosen"]
-        text = tabulate(table, head, tablefmt="github", missingval="")
+        text = tabulate(table, [s.per, s.over, metric(s.by).label, "chosen"], tablefmt="github",
+                        missingval="")  # fmt: skip
         out += [f"### {s.title}", "", text, ""]
     return out
 
@@ -402,20 +383,17 @@ def cost(plan: Plan, rows: Rows) -> list[str]:
     run, and the runs still to go."""
     done: dict[tuple[int, str], list[float]] = defaultdict(list)
     todo: Counter[tuple[int, str]] = Counter()
-    unique = {(e.seed, e.overrides, e.stage): e for e in plan.experiments}
-    for exp in unique.values():
+    for exp in {(e.seed, e.overrides, e.stage): e for e in plan.experiments}.values():
         key = (exp.params.train.epochs, exp.stage)
-        if (row := answer(rows, exp)) is None:
-            todo[key] += 1
-        else:
-            done[key].append(float(row["wall_seconds"]))
+        found = answers(rows, exp)
+        done[key] += [float(r["wall_seconds"]) for r in found]
+        todo[key] += not found
     lines = []
-    for epochs, stage in sorted(done.keys() | todo.keys()):
-        seconds, left = done[(epochs, stage)], todo[(epochs, stage)]
-        median = statistics.median(seconds) if seconds else None
+    for (epochs, stage), seconds in sorted((k, done[k]) for k in done.keys() | todo.keys()):
+        median = statistics.median(seconds) / 60 if seconds else None
+        left = todo[(epochs, stage)]
         lines.append([f"{epochs} epochs, up to {stage}", len(seconds), sum(seconds) / 3600,
-                      None if median is None else median / 60, left,
-                      None if median is None else left * median / 3600])  # fmt: skip
+                      median, left, None if median is None else left * median / 60])  # fmt: skip
     head = ["profile", "runs done", "hours", "minutes per run (median)", "runs to go",
             "hours to go (at that median)"]  # fmt: skip
     table = tabulate(lines, head, tablefmt="github", floatfmt=("", "", ".1f", ".1f", "", ".1f"),
@@ -423,20 +401,19 @@ def cost(plan: Plan, rows: Rows) -> list[str]:
     return ["### Machine time", "", table, ""]
 
 
-def curves(plan: Plan, every: dict) -> list[figures.Panel]:
-    """A learning-curve panel per compared arm with histories in its reference's units (both
-    measured on `epochs_to_*`), the plan's thresholds marked."""
+def curves(plan: Plan, every: Runs) -> list[figures.Panel]:
+    """A learning-curve panel per arm measured on its validation curve, over its reference's,
+    the plan's thresholds marked."""
     shown = []
-    for arm in plan.arms:
-        thresholds = [float(m[1]) for x in arm.measures if (m := EPOCHS_TO.match(x))]
-        if arm.against is None or not thresholds:
-            continue
+    for arm in (a for a in plan.arms if a.against):
+        found = [CURVE.match(m).groups() for m in arm.measures if CURVE.match(m)]
         mine = [r.history for r in every[(arm.name, None)] if r.history]
-        theirs = [r.history for r in every[(arm.against, None)] if r.history]
-        if mine:
+        if found and mine:
+            theirs = [r.history for r in every[(arm.against, None)] if r.history]
             title = f"{arm.group}: {arm.label}, {arm.params.train.epochs} epochs"
+            lines = sorted({float(t) for _, t, _ in found if t})
             shown.append(figures.Panel(title, arm.label, mine, plan.arm(arm.against).label,
-                                       theirs, thresholds))  # fmt: skip
+                                       theirs, lines))  # fmt: skip
     return shown
 
 
@@ -462,32 +439,24 @@ def render(folder: Path, plan: Plan, rows: Rows, results: str = "runs.csv") -> P
     if forest := figures.forest(found):
         save_figure(forest, folder / FOREST)
         shown += [f"![effects]({FOREST})", ""]
-    points = figures.rate_points(arms)
-    if points:
+    if points := figures.rate_points(arms):
         title = "Rate-distortion of every arm (star: a reference), mean and sd over seeds"
         save_figure(figures.rate_distortion(points, title), folder / RATE_DISTORTION)
         shown += [f"![rate-distortion plane]({RATE_DISTORTION})", ""]
     if panels := curves(plan, every):
         save_figure(figures.learning_curves(panels), folder / CURVES)
         shown += [f"![learning curves]({CURVES})", ""]
-    generated = [
-        *header(plan, rows, found),
-        "",
-        table,
-        *shown,
-        *stress_table(plan, every),
-        *selection_tables(plan, every),
-        *cost(plan, rows),
-        f"In numbers: [{EFFECTS}]({EFFECTS}) (every test), [{ARMS}]({ARMS}) (every arm's "
-        f"means); every run: [{results}]({results})"
-        + ("; every epoch: [histories/](histories)." if (folder / "histories").exists() else "."),
-        "",
-    ]
+    histories = "; every epoch: [histories/](histories)" if (folder / "histories").exists() else ""
+    generated = [*header(plan, rows, found), "", table, *shown, *stability(plan, every),
+                 *selection_tables(plan, every), *cost(plan, rows),
+                 f"In numbers: [{EFFECTS}]({EFFECTS}) (every test), [{ARMS}]({ARMS}) (every "
+                 f"arm's means); every run: [{results}]({results}){histories}.", ""]  # fmt: skip
     page = folder / PAGE
     empty = f"# {plan.title}\n\n{START.format('study')}\n{END.format('study')}\n"
     text = page.read_text(encoding="utf-8") if page.exists() else empty
     write_text(page, replace_section(text, "study", "\n".join(generated)))
     readme = project_root() / "README.md"
     if plan.spec.readme and readme.parent in folder.resolve().parents and readme.exists():
-        write_text(readme, replace_section(readme.read_text(), plan.spec.readme, table))
+        block = f"{baseline_notice(plan)}\n\n{table}"
+        write_text(readme, replace_section(readme.read_text(), plan.spec.readme, block))
     return page

@@ -29,8 +29,8 @@ from vaelab.experiments.plan import RESULTS, STAGES, Experiment
 
 OK = "finished"
 Rows = list[dict[str, str]]  # a results file's rows, as read
-COLUMNS = ("status", "arm", "seed", "target", "overrides", *METRICS, "wall_seconds", "commit",
-           "code", "cpu", "finished")  # fmt: skip
+COLUMNS = ("status", "arm", "seed", "target", "overrides", *METRICS, "wall_seconds",
+           "baseline", "commit", "code", "cpu", "finished")  # fmt: skip
 LOCK = ".job.lock"
 HISTORIES = "histories"  # <folder>/histories/<experiment>.csv: each finished run's epochs
 
@@ -61,12 +61,14 @@ def append_row(path: Path, row: dict[str, Any]) -> Rows:
     return rows
 
 
+def answers(rows: Rows, experiment: Experiment) -> Rows:
+    """The rows that answer ``experiment`` (one per CPU model and code version it ran on)."""
+    return [r for r in rows if experiment.answered_by(r)]
+
+
 def answer(rows: Rows, experiment: Experiment) -> dict[str, str] | None:
-    """The row that answers ``experiment``: same seed and effective overrides, a stage as far."""
-    return next(
-        (r for r in rows if experiment.answered_by(int(r["seed"]), r["overrides"], r["target"])),
-        None,
-    )
+    """The first row that answers ``experiment``."""
+    return next(iter(answers(rows, experiment)), None)
 
 
 def job_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
@@ -136,7 +138,7 @@ def outputs(experiment: Experiment, ref: str) -> dict[str, Any]:
             if text is None:
                 raise VaelabError(f"experiment {experiment.name} has no {path}")
             values = json.loads(text)
-            found |= {name: values[m.key] for name, m in METRICS.items() if m.stage == stage}
+            found |= {name: values[name] for name, m in METRICS.items() if m.stage == stage}
     return found
 
 

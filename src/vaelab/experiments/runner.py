@@ -22,7 +22,7 @@ from vaelab.core.params import Params
 from vaelab.executors import Executor, Job
 from vaelab.experiments import results
 from vaelab.experiments.plan import Experiment, Plan
-from vaelab.experiments.results import OK, Rows, answer, append_row, read_rows
+from vaelab.experiments.results import OK, Rows, answers, append_row, read_rows
 from vaelab.training.history import history_csv
 
 
@@ -43,17 +43,37 @@ def failure(log: str) -> str:
     return (ours or dvc or lines or ["unknown error"])[-1][:300]
 
 
-def pending(plan: Plan, rows: Rows) -> list[Experiment]:
+def pending(plan: Plan, rows: Rows, reruns: bool = True) -> list[Experiment]:
     """The experiments without a row, each once, less those another of them answers (a tuning
-    run at the baseline's rate is the baseline's run)."""
-    unique = {(e.seed, e.overrides, e.stage): e for e in reversed(plan.experiments)}
-    todo = [e for e in plan.experiments if unique[(e.seed, e.overrides, e.stage)] is e
-            and answer(rows, e) is None]  # fmt: skip
-    return [
-        e
-        for e in todo
-        if not any(o is not e and e.answered_by(o.seed, o.overrides, o.stage) for o in todo)
-    ]
+    run at the baseline's rate is the baseline's run); then (``reruns``) each reference run
+    that a run of an arm on this machine needs as its pair, if it has none here: a pair is
+    two runs of one CPU model and code version."""
+
+    def key(e: Experiment) -> tuple:
+        return e.seed, e.overrides, e.stage
+
+    unique = {key(e): e for e in reversed(plan.experiments)}
+    todo = [e for e in plan.experiments if unique[key(e)] is e and not answers(rows, e)]
+    todo = [e for e in todo if not any(o is not e and e.answered_by(o.row()) for o in todo)]
+    if not reruns:
+        return todo
+    cpu, code = cpu_name(), results.code_version(results.baseline_commit())
+    runs_here = {key(e) for e in todo}
+
+    def here(exp: Experiment) -> bool:  # it runs, or ran, on this CPU model and code
+        now = (cpu, plan.spec.code_of(code, exp.params))
+        return key(exp) in runs_here or any(
+            (r["cpu"], plan.spec.code_of(r["code"], exp.params)) == now for r in answers(rows, exp)
+        )
+
+    by_run = {(e.arm, e.factor, e.seed): e for e in plan.experiments}
+    for exp in plan.experiments:
+        against = plan.arm(exp.arm).against
+        ref = by_run.get((against, exp.factor, exp.seed)) if against else None
+        if ref is not None and here(exp) and not here(ref):
+            todo.append(unique[key(ref)])  # the reference's seed runs again here
+            runs_here.add(key(ref))
+    return todo
 
 
 def run_plan(
@@ -68,17 +88,18 @@ def run_plan(
     rows then); returns how many were recorded. The caller holds ``job_lock`` on its folder."""
     baseline = results.baseline_commit()
     executor.gather(baseline)  # experiments that finished elsewhere, e.g. before a restart
-    todo = pending(plan, read_rows(file))
+    rows = read_rows(file)
+    todo = pending(plan, rows)
     by_name = {e.name: e for e in todo}
     recorded, jobs = 0, []
     for exp in todo:
         ref = results.ref_of(exp.name, baseline)
         if results.exists(ref):
-            if not results.mismatch(exp, ref):
+            if not results.mismatch(exp, ref) and not answers(rows, exp):
                 after(_record(file, exp, ref, 0.0))  # it finished, its row was lost
                 recorded += 1
                 continue
-            git("update-ref", "-d", ref)  # an earlier definition of this name
+            git("update-ref", "-d", ref)  # an earlier definition of this name, or a rerun
         sets = pairs(differences(exp.params, current))  # -S over params.yaml as it is
         jobs.append(Job(exp.name, exp.stage, (*sets, *extra)))
     for index, outcome in enumerate(executor.run(jobs), 1):
@@ -115,8 +136,9 @@ def _record(file: Path, exp: Experiment, ref: str, seconds: float, error: str = 
             "overrides": exp.overrides,
             **numbers,
             "wall_seconds": round(seconds, 1),
+            "baseline": exp.baseline,
             "commit": "".join(ref.split("/")[2:4])[:7],
-            "code": results.code_version("".join(ref.split("/")[2:4])),
+            "code": results.code_version(ref if results.exists(ref) else results.baseline_commit()),
             "cpu": cpu_name(),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         },

@@ -76,7 +76,7 @@ def summarize(rows: list[dict[str, float]], monitor: str) -> dict[str, Any]:
         "best_epoch": int(best["epoch"]),
         "epochs": int(rows[-1]["epoch"]),
         "train_seconds": round(sum(row["epoch_time"] for row in rows), 1),
-        **{key: round(best[key], 4) for key in best if key.startswith("val_")},
+        **{key: best[key] for key in best if key.startswith("val_")},
     }
 
 
