@@ -63,6 +63,16 @@ def batch_transform(augment: Augment, seed: int, binarize: str) -> Callable | No
     return transform
 
 
+def _leave_cores_to_training(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """One tf.data thread, two batches ahead: on a CPU its default pool (a thread per core,
+    autotuned) competes with the training step for the same cores."""
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def training_dataset(
     x: np.ndarray, batch_size: int, seed: int, augment: Augment, binarize: str
 ) -> tf.data.Dataset:
@@ -77,10 +87,10 @@ def training_dataset(
         # A sequential map: with stateful seed generators, parallel calls would make the
         # draws depend on thread timing. Prefetch still overlaps it with training.
         ds = ds.map(transform)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _leave_cores_to_training(ds.prefetch(2))
 
 
 def evaluation_dataset(x: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    return (
-        tf.data.Dataset.from_tensor_slices(x).batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)
+    return _leave_cores_to_training(
+        tf.data.Dataset.from_tensor_slices(x).batch(batch_size).cache().prefetch(2)
     )
