@@ -88,10 +88,6 @@ def test_mlproject_defaults_are_params_yaml_values():
         ),
         ({"train": {"epochs": 1.5}}, ["train.epochs = 1.5", "integer"]),
         ({"train": {"backend": "torch"}}, ["train.backend = 'torch'", "'jax'"]),
-        (
-            {"train": {"backend": "jax", "distribute": True}},
-            ["train.distribute=true", "train.backend='tensorflow'"],
-        ),
         ({"train": {"architecture": {"filters": [8, 8, 8]}}}, ["train.architecture.filters"]),
         (
             {"train": {"prior": {"kind": "mixture"}, "kl": {"free_bits": 0.5}}},

@@ -209,18 +209,9 @@ class Train(Section):
     reduce_on_plateau: ReduceOnPlateau
     early_stopping: EarlyStopping
     run_name: str | None = Field(min_length=1, max_length=250)
-    distribute: bool = Field(description="MirroredStrategy when several GPUs are visible")
+    distribute: bool = Field(description="each batch split over the visible devices")
     steps_per_execution: int = Field(ge=1, le=10_000, description="train steps per graph call")
     backend: Backend = Field(description="the Keras backend of the train stage")
-
-    @model_validator(mode="after")
-    def _distribute_on_tensorflow(self) -> Self:
-        if self.distribute and self.backend != "tensorflow":
-            raise ValueError(
-                f"train.distribute=true needs train.backend='tensorflow' (a tf.distribute "
-                f"strategy), not {self.backend!r}: set one of them"
-            )
-        return self
 
     @model_validator(mode="after")
     def _free_bits_need_dimensions(self) -> Self:

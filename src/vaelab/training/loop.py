@@ -8,10 +8,12 @@ re-runs a stage, and a resumed run must keep its epochs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,8 @@ import yaml
 
 from vaelab.core.atomic import atomic_write, write_json, write_text
 from vaelab.core.backend import use_backend
-from vaelab.core.errors import DataFileError
-from vaelab.core.params import Params
+from vaelab.core.errors import DataFileError, ParamsError
+from vaelab.core.params import Params, Train
 from vaelab.core.paths import Artifacts, TrainingState, project_root
 from vaelab.data.prepared import model_data, read_meta
 
@@ -60,13 +62,46 @@ def state_dir(params: Params, data_md5: dict[str, str]) -> TrainingState:
 
 def distribution_strategy(enabled: bool, device_type: str = "GPU"):
     """MirroredStrategy over the visible devices of ``device_type`` when ``enabled`` and there
-    are several; otherwise TensorFlow's default single-device strategy (a no-op on JAX)."""
+    are several; otherwise TensorFlow's default single-device strategy."""
     import tensorflow as tf
 
     devices = tf.config.list_logical_devices(device_type)
     if enabled and len(devices) > 1:
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     return tf.distribute.get_strategy()
+
+
+@contextlib.contextmanager
+def data_parallel(cfg: Train) -> Iterator[None]:
+    """``train.distribute``: each batch split over the visible devices, for the block (the
+    model built and fitted in it): Keras' `DataParallel` on JAX, `MirroredStrategy` over the
+    GPUs on TensorFlow. One device trains alone, and says so; a batch that does not split
+    evenly is refused before any work."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        strategy = distribution_strategy(cfg.distribute)
+        devices = strategy.num_replicas_in_sync
+    else:
+        devices = len(keras.distribution.list_devices()) if cfg.distribute else 1
+    if cfg.distribute and devices == 1:
+        print("train.distribute: one device is visible, so it trains alone")
+    if cfg.batch_size % devices:
+        raise ParamsError(
+            f"train.batch_size={cfg.batch_size} does not split over {devices} devices "
+            "(train.distribute): make it a multiple of the number of devices"
+        )
+    if keras.backend.backend() == "tensorflow":
+        with strategy.scope():
+            yield
+        return
+    if devices > 1:
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+        print(f"train.distribute: each batch split over {devices} devices")
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(None)
 
 
 def summarize(rows: list[dict[str, float]], monitor: str) -> dict[str, Any]:
@@ -164,14 +199,13 @@ def fit(params: Params, data: tuple, state: TrainingState, run_id: str, history,
 
     cfg, (train_ds, val_ds, steps_per_epoch, binarize) = params.train, data
     try:
-        with distribution_strategy(cfg.distribute).scope():
+        with data_parallel(cfg), runs.system_metrics(params, run_id):
             model = build_vae(cfg, params.base.seed, binarize=binarize == "dynamic")
             model.beta_schedule = BetaSchedule(cfg.kl, cfg.epochs, steps_per_epoch)
             model.compile(
                 optimizer=build_optimizer(cfg, steps_per_epoch),
                 steps_per_execution=cfg.steps_per_execution,
             )
-        with runs.system_metrics(params, run_id):
             model.fit(
                 train_ds,
                 validation_data=val_ds,
