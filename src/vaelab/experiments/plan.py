@@ -165,6 +165,11 @@ class Experiment:
     params: Params = field(compare=False, repr=False)
     factor: float | None = None  # the stress factor; None for the arm's own run
 
+    @property
+    def key(self) -> tuple[int, str, str]:
+        """What makes two experiments one: seed, effective overrides, last stage."""
+        return self.seed, self.overrides, self.stage
+
     def row(self) -> dict[str, str]:
         """Its identity as a results row records it."""
         return {"baseline": self.baseline, "seed": str(self.seed), "overrides": self.overrides,
@@ -257,7 +262,7 @@ def build(spec: PlanSpec, base: Params, where: str) -> Plan:
                 tail = "" if factor is None else f"-x{factor:g}"
                 exp = Experiment(f"{spec.prefix}-{a.name}{tail}-s{seed}", a.name, seed, stage,
                                  overrides, key, params, factor)  # fmt: skip
-                twin = unique.setdefault((seed, overrides, stage), exp)
+                twin = unique.setdefault(exp.key, exp)
                 if twin is not exp and factor is None and twin.factor is None:
                     raise VaelabError(f"{where}: {exp.name} runs the same experiment as "
                                       f"{twin.name}")  # fmt: skip
@@ -278,6 +283,11 @@ class Plan:
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
+
+    def where(self, exp: Experiment, cpu: str, code: str) -> tuple[str, str]:
+        """What a pair of runs of ``exp`` shares: the CPU model and the code version (one of
+        its `same_code` group)."""
+        return cpu, self.spec.code_of(code, exp.params)
 
 
 def load_plan(path: Path, only: set[str] | None = None) -> Plan:

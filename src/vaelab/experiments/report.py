@@ -78,7 +78,7 @@ def runs(folder: Path, plan: Plan, rows: Rows) -> Runs:
             with path.open(newline="", encoding="utf-8") as handle:
                 history = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
         for row in answers(rows, exp):
-            where = (row["cpu"], plan.spec.code_of(row["code"], exp.params))
+            where = plan.where(exp, row["cpu"], row["code"])
             found[(exp.arm, exp.factor)].append(Run(exp, row, history, where))
     return found
 
@@ -287,7 +287,7 @@ def header(plan: Plan, rows: Rows, found: list[Comparison]) -> list[str]:
     """The baseline, the plan, progress, machines and code, and the statistics."""
     used = [r for r in rows if any(e.answered_by(r) for e in plan.experiments)]
     done = sum(bool(answers(used, e)) for e in plan.experiments)
-    todo = len({(e.seed, e.overrides, e.stage) for e in plan.experiments})
+    todo = len({e.key for e in plan.experiments})
     hours = sum(float(row["wall_seconds"]) for row in used) / 3600
     cpus = "; ".join(f"{n} on {cpu}" for cpu, n in Counter(r["cpu"] for r in used).items())
     same = [f"{', '.join(f'`{v}`' for v in g.versions)} ({g.why}"
@@ -383,7 +383,7 @@ def cost(plan: Plan, rows: Rows) -> list[str]:
     run, and the runs still to go."""
     done: dict[tuple[int, str], list[float]] = defaultdict(list)
     todo: Counter[tuple[int, str]] = Counter()
-    for exp in {(e.seed, e.overrides, e.stage): e for e in plan.experiments}.values():
+    for exp in {e.key: e for e in plan.experiments}.values():
         key = (exp.params.train.epochs, exp.stage)
         found = answers(rows, exp)
         done[key] += [float(r["wall_seconds"]) for r in found]

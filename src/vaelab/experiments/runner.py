@@ -49,21 +49,18 @@ def pending(plan: Plan, rows: Rows, reruns: bool = True) -> list[Experiment]:
     that a run of an arm on this machine needs as its pair, if it has none here: a pair is
     two runs of one CPU model and code version."""
 
-    def key(e: Experiment) -> tuple:
-        return e.seed, e.overrides, e.stage
-
-    unique = {key(e): e for e in reversed(plan.experiments)}
-    todo = [e for e in plan.experiments if unique[key(e)] is e and not answers(rows, e)]
+    unique = {e.key: e for e in reversed(plan.experiments)}
+    todo = [e for e in plan.experiments if unique[e.key] is e and not answers(rows, e)]
     todo = [e for e in todo if not any(o is not e and e.answered_by(o.row()) for o in todo)]
     if not reruns:
         return todo
     cpu, code = cpu_name(), results.code_version(results.baseline_commit())
-    runs_here = {key(e) for e in todo}
+    runs_here = {e.key for e in todo}
 
     def here(exp: Experiment) -> bool:  # it runs, or ran, on this CPU model and code
-        now = (cpu, plan.spec.code_of(code, exp.params))
-        return key(exp) in runs_here or any(
-            (r["cpu"], plan.spec.code_of(r["code"], exp.params)) == now for r in answers(rows, exp)
+        now = plan.where(exp, cpu, code)
+        return exp.key in runs_here or any(
+            plan.where(exp, r["cpu"], r["code"]) == now for r in answers(rows, exp)
         )
 
     by_run = {(e.arm, e.factor, e.seed): e for e in plan.experiments}
@@ -71,8 +68,8 @@ def pending(plan: Plan, rows: Rows, reruns: bool = True) -> list[Experiment]:
         against = plan.arm(exp.arm).against
         ref = by_run.get((against, exp.factor, exp.seed)) if against else None
         if ref is not None and here(exp) and not here(ref):
-            todo.append(unique[key(ref)])  # the reference's seed runs again here
-            runs_here.add(key(ref))
+            todo.append(unique[ref.key])  # the reference's seed runs again here
+            runs_here.add(ref.key)
     return todo
 
 
